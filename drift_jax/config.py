@@ -1,0 +1,172 @@
+"""Typed configs as frozen dataclasses: built from dicts with unknown keys and wrong types refused,
+overridden with ``key.sub=value`` strings, and written beside every result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from drift_jax.errors import DriftJaxError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How a model stack executes; the math is the same for every choice.
+
+    ``auto`` resolves per backend from measurements (`drift_jax.stack.EXECUTION_DEFAULTS`).
+      member_mode: 'vmap' (members batched in one op) or 'map' (members one after another inside
+        the compiled step, `lax.map`).
+      scan_chunk: train steps fused into one `lax.scan` per dispatch (0 = auto).
+      conv_form: 'canonical' (custom VJP, fast in loops) or 'autodiff' (plain `lax.conv`).
+      pool_form: 'reshape' (reshape-max) or 'flax' (`flax.linen.max_pool`).
+    """
+
+    member_mode: Literal["auto", "vmap", "map"] = "auto"
+    scan_chunk: int = 0
+    conv_form: Literal["auto", "canonical", "autodiff"] = "auto"
+    pool_form: Literal["auto", "reshape", "flax"] = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One recipe for every member of a stack (DESIGN.md: Adam 1e-3, batch 64, softmax CE)."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    augment_flip: bool = False
+    augment_crop: int = 0  # pad-and-crop margin in pixels; 0 = off
+    execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DriftJaxError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.learning_rate <= 0:
+            raise DriftJaxError(f"train.learning_rate must be > 0, got {self.learning_rate}.")
+        if self.weight_decay < 0 or self.augment_crop < 0:
+            raise DriftJaxError("train.weight_decay and train.augment_crop must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunConfig:
+    """`drift-jax train`: data, architecture, stack size, recipe, seed."""
+
+    data: str = "digits"
+    arch: str = "seedcnn"
+    models: int = 2
+    seed: int = 0
+    holdout_fraction: float = 0.2
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.models < 1:
+            raise DriftJaxError(f"models must be >= 1, got {self.models}.")
+        if not 0 < self.holdout_fraction < 1:
+            raise DriftJaxError(f"holdout_fraction must lie in (0, 1), got "
+                                f"{self.holdout_fraction}.")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise DriftJaxError(f"config {where}: expected a mapping, got {value!r}.")
+        return from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise DriftJaxError(f"config {where}: {value!r} is not one of "
+                                f"{', '.join(map(repr, typing.get_args(tp)))}.")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except DriftJaxError:
+                pass
+        raise DriftJaxError(f"config {where}: {value!r} matches none of {tp}.")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise DriftJaxError(f"config {where}: expected a list, got {value!r}.")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return tuple(_coerce(v, item, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and
+                                                not (tp is int and isinstance(value, bool))):
+        raise DriftJaxError(f"config {where}: expected {_type_name(tp)}, got {value!r} "
+                            f"({type(value).__name__}).")
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Builds a config dataclass from a dict; unknown keys and wrong types raise DriftJaxError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise DriftJaxError(f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}"
+                            f"; valid keys: {', '.join(prefix + n for n in sorted(names))}.")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def with_overrides(config: T, overrides: list[str]) -> T:
+    """Applies ``a.b=value`` overrides (values parsed as JSON, else taken as strings)."""
+    data = to_dict(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DriftJaxError(f"override {item!r} must look like key=value (e.g. train.epochs=3).")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise DriftJaxError(f"override {item!r}: {p!r} is not a config section.")
+            node = node[p]
+        if leaf not in node:
+            raise DriftJaxError(f"override {item!r}: unknown key {key!r}; valid here: "
+                                f"{', '.join(sorted(node))}.")
+        node[leaf] = _parse_value(value)
+    return from_dict(type(config), data)
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.exists():
+        raise DriftJaxError(f"config file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DriftJaxError(f"config file {path} is not valid JSON ({e}).") from e
+    return from_dict(cls, data)

@@ -1,0 +1,347 @@
+"""Data sources, by function and by spec string.
+
+Specs (options after ``?`` as ``key=value`` pairs joined by ``&``):
+
+  digits                                  scikit-learn's 8x8 digits (ships with the package)
+  synthetic[?n=&classes=&size=&channels=&seed=]   seeded class-conditional patterns
+  idx:DIR[?prefix=t10k&transpose=1]       MNIST / EMNIST IDX .gz files (EMNIST: transpose=1)
+  folder:PATH[?split=train]               ImageFolder root/split/class/*.jpg|png, dir or .tar.gz
+  tfds:NAME[:SPLIT][?data_dir=DIR]        tensorflow-datasets (prepared ArrayRecord data)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import hashlib
+import io
+import json
+import os
+import struct
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from drift_jax.data.dataset import Dataset
+from drift_jax.errors import DriftJaxError
+from drift_jax.files import atomic_save_npy, atomic_write_json
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+# --------------------------------------------------------------------------- digits / synthetic
+
+
+def digits() -> Dataset:
+    """scikit-learn's handwritten digits: 1,797 images, 8x8x1, values 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Dataset(images, d.target.astype(np.int32), tuple(str(c) for c in range(10)), "digits")
+
+
+def synthetic(n: int = 1000, classes: int = 10, size: int = 16, channels: int = 1,
+              seed: int = 0, noise: float = 0.25) -> Dataset:
+    """Seeded class-conditional patterns: each class a smooth random template, plus pixel noise.
+
+    Learnable but not trivially so; for tests and benchmarks. Classes are balanced (round robin).
+    """
+    if n < classes or classes < 2:
+        raise DriftJaxError(f"synthetic: need classes >= 2 and n >= classes, got n={n}, "
+                            f"classes={classes}.")
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 1, (classes, 4, 4, channels))
+    reps = -(-size // 4)
+    templates = np.kron(coarse, np.ones((1, reps, reps, 1)))[:, :size, :size, :]
+    labels = np.arange(n, dtype=np.int32) % classes
+    rng.shuffle(labels)
+    images = templates[labels] + noise * rng.standard_normal((n, size, size, channels))
+    images = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+    return Dataset(images, labels, tuple(f"class_{i}" for i in range(classes)),
+                   f"synthetic?n={n}&classes={classes}&size={size}&channels={channels}&seed={seed}")
+
+
+# --------------------------------------------------------------------------- IDX (MNIST, EMNIST)
+
+
+def _read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+    if not path.exists():
+        raise DriftJaxError(f"idx: missing file {path}; expected MNIST/EMNIST IDX files there.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DriftJaxError(f"idx: cannot read {path} ({e}); the file is corrupt or truncated, "
+                            "download it again.") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DriftJaxError(f"idx: {path} is not an unsigned-byte IDX file (bad magic number).")
+    ndim = raw[3]
+    if ndim != expected_ndim:
+        raise DriftJaxError(f"idx: {path} has {ndim} dimensions, expected {expected_ndim}; "
+                            "did you swap the images and labels files?")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DriftJaxError(f"idx: {path} is truncated inside its header; download it again.")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    size = int(np.prod(shape))
+    if len(raw) - header != size:
+        raise DriftJaxError(f"idx: {path} holds {len(raw) - header} data bytes, its header "
+                            f"promises {size} for shape {shape}; the file is truncated or corrupt.")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(directory: Path, prefix: str, kind: str) -> Path:
+    patterns = [f"{prefix}-{kind}-idx*-ubyte.gz", f"{prefix}-{kind}-idx*-ubyte",
+                f"{prefix}*{kind}*idx*ubyte*"]
+    for pattern in patterns:
+        found = sorted(directory.glob(pattern))
+        if found:
+            return found[0]
+    raise DriftJaxError(f"idx: no '{prefix}' {kind} IDX file in {directory}; expected e.g. "
+                        f"{prefix}-{kind}-idx{'3' if kind == 'images' else '1'}-ubyte.gz "
+                        "(set ?prefix= to choose train or t10k).")
+
+
+def idx(directory: str | os.PathLike, prefix: str = "t10k", transpose: bool = False,
+        class_names: tuple[str, ...] | None = None) -> Dataset:
+    """MNIST or EMNIST from IDX files: ``{prefix}-images-idx3-ubyte(.gz)`` and labels.
+
+    EMNIST stores images transposed: ``transpose=True`` flips them back.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DriftJaxError(f"idx: directory {directory} does not exist; pass idx:DIR with "
+                            "the folder that holds the IDX files.")
+    images = _read_idx(_find_idx(directory, prefix, "images"), 3)
+    labels = _read_idx(_find_idx(directory, prefix, "labels"), 1).astype(np.int32)
+    if images.shape[0] != labels.shape[0]:
+        raise DriftJaxError(f"idx: {images.shape[0]} images but {labels.shape[0]} labels in "
+                            f"{directory}; the two files do not belong together.")
+    if transpose:
+        images = images.transpose(0, 2, 1)
+    if class_names is None:
+        offset = int(labels.min()) if labels.size else 0  # EMNIST letters are labelled 1..26
+        labels = labels - offset
+        class_names = tuple(str(i + offset) for i in range(int(labels.max()) + 1))
+    return Dataset(np.ascontiguousarray(images[..., None]), labels, class_names,
+                   f"idx:{directory}?prefix={prefix}" + ("&transpose=1" if transpose else ""))
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("DRIFT_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "drift_jax")
+    return Path(root)
+
+
+def _decode(item: tuple[str, bytes]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    name, data = item
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DriftJaxError(f"folder: cannot decode {name} ({e}); the image is corrupt or "
+                            "truncated: replace or delete it.") from e
+
+
+def _decode_chunk(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
+    return [_decode(item) for item in items]
+
+
+def _check_member_name(archive: Path, member: tarfile.TarInfo) -> None:
+    p = PurePosixPath(member.name)
+    if p.is_absolute() or ".." in p.parts:
+        raise DriftJaxError(f"folder: archive {archive} has a member that escapes its folder "
+                            f"({member.name!r}); refusing to read it.")
+    if member.issym() or member.islnk():
+        raise DriftJaxError(f"folder: archive {archive} has a link member ({member.name!r}); "
+                            "links are refused, store plain files.")
+
+
+def _class_of(relpath: PurePosixPath, split: str | None) -> str | None:
+    """Class folder of an image path ``[top/]split/class/file``; None if it is not in the split."""
+    if relpath.suffix.lower() not in IMAGE_SUFFIXES or len(relpath.parts) < 2:
+        return None
+    if split is None:
+        return relpath.parts[-2]
+    parts = relpath.parts
+    if len(parts) >= 3 and parts[-3] == split:
+        return parts[-2]
+    return None
+
+
+def _archive_items(archive: Path, split: str | None):
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                _check_member_name(archive, member)
+                if not member.isfile():
+                    continue
+                cls = _class_of(PurePosixPath(member.name), split)
+                if cls is not None:
+                    yield cls, member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DriftJaxError(f"folder: cannot read archive {archive} ({e}); it is corrupt or "
+                            "truncated.") from e
+
+
+def _directory_items(root: Path, split: str | None):
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            cls = _class_of(PurePosixPath(path.relative_to(root).as_posix()), split)
+            if cls is not None:
+                yield cls, str(path), path.read_bytes()
+
+
+def _fingerprint(path: Path, split: str | None) -> str:
+    """Content hash of an archive; for a directory, a hash of names, sizes and mtimes."""
+    h = hashlib.sha256(f"v1|{split}".encode())
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def folder(path: str | os.PathLike, split: str | None = "train", workers: int | None = None,
+           cache: bool = True) -> Dataset:
+    """ImageFolder data, ``root/split/class/*.jpg|png``, from a directory or a .tar(.gz) of one.
+
+    Decoded once with Pillow on all cores, then cached as .npy under ``$DRIFT_JAX_CACHE``
+    (default ``~/.cache/drift_jax``), keyed by a hash of the source. Classes are the sorted
+    class-folder names. ``split=None`` reads ``root/class/*`` directly.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DriftJaxError(f"folder: {path} does not exist; pass folder:PATH with an ImageFolder "
+                            "directory or a .tar.gz of one.")
+    key = _fingerprint(path, split)
+    cached = _cache_dir() / "folder" / key
+    name = f"folder:{path}?split={split}"
+    if cache and (cached / "meta.json").exists():
+        meta = json.loads((cached / "meta.json").read_text())
+        return Dataset(np.load(cached / "images.npy"), np.load(cached / "labels.npy"),
+                       tuple(meta["class_names"]), name)
+    items = list(_archive_items(path, split) if path.is_file() else _directory_items(path, split))
+    if not items:
+        raise DriftJaxError(f"folder: no images for split {split!r} in {path}; expected "
+                            f"{'root/' + split + '/' if split else 'root/'}<class>/*.jpg|png "
+                            "(set ?split= to the split folder's name).")
+    class_names = tuple(sorted({cls for cls, _, _ in items}))
+    class_index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([class_index[cls] for cls, _, _ in items], np.int32)
+    payload = [(nm, data) for _, nm, data in items]
+    workers = workers or os.cpu_count() or 1
+    chunk = max(1, len(payload) // (workers * 8))
+    chunks = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
+    if workers > 1 and len(payload) > 256:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            decoded = [im for part in pool.map(_decode_chunk, chunks) for im in part]
+    else:
+        decoded = _decode_chunk(payload)
+    shapes = {im.shape for im in decoded}
+    if len(shapes) != 1:
+        raise DriftJaxError(f"folder: images in {path} have different shapes {sorted(shapes)[:4]}; "
+                            "resize them to one size first.")
+    images = np.stack(decoded)
+    if images.ndim == 3:
+        images = images[..., None]
+    dataset = Dataset(images.astype(np.uint8, copy=False), labels, class_names, name)
+    if cache:
+        atomic_save_npy(cached / "images.npy", dataset.images)
+        atomic_save_npy(cached / "labels.npy", dataset.labels)
+        atomic_write_json(cached / "meta.json", {"class_names": list(class_names), "source": name})
+    return dataset
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def tfds(name: str, split: str = "train", data_dir: str | None = None) -> Dataset:
+    """A tensorflow-datasets dataset read through ``tfds.data_source`` (no TensorFlow needed to read).
+
+    The data must be prepared (ArrayRecord); preparing cifar10/mnist/emnist needs the ``tf`` extra
+    and a network. Images come from the ``image`` feature, labels from ``label``.
+    """
+    try:
+        import tensorflow_datasets as tfds_lib
+    except ImportError as e:  # pragma: no cover - it is a runtime dependency
+        raise DriftJaxError("tfds: tensorflow-datasets is not installed; pip install "
+                            "tensorflow-datasets.") from e
+    try:
+        source = tfds_lib.data_source(name, split=split, data_dir=data_dir)
+        builder = tfds_lib.builder(name, data_dir=data_dir)
+    except Exception as e:
+        raise DriftJaxError(f"tfds: cannot open {name}:{split} ({type(e).__name__}: {e}); prepare "
+                            "it first (pip install 'drift_jax[tf]', then tfds build "
+                            f"{name} --file_format=array_record).") from e
+    n = len(source)
+    if n == 0:
+        raise DriftJaxError(f"tfds: {name}:{split} is empty.")
+    records = source.__getitems__(range(n)) if hasattr(source, "__getitems__") else [
+        source[i] for i in range(n)]
+    images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
+    labels = np.array([int(r["label"]) for r in records], np.int32)
+    label_feature = builder.info.features["label"]
+    class_names = tuple(getattr(label_feature, "names", None) or
+                        [str(i) for i in range(label_feature.num_classes)])
+    return Dataset(images, labels, class_names, f"tfds:{name}:{split}")
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def _parse_options(query: str, allowed: dict[str, type], spec: str) -> dict:
+    options = {}
+    for pair in filter(None, query.split("&")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in allowed:
+            raise DriftJaxError(f"data spec {spec!r}: unknown option {key!r}; allowed: "
+                                f"{', '.join(sorted(allowed)) or 'none'}.")
+        kind = allowed[key]
+        try:
+            options[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError as e:
+            raise DriftJaxError(f"data spec {spec!r}: option {key}={value!r} is not a valid "
+                                f"{kind.__name__}.") from e
+    return options
+
+
+def load(spec: str) -> Dataset:
+    """Loads a dataset from a spec string (see the module docstring)."""
+    if not isinstance(spec, str) or not spec:
+        raise DriftJaxError(f"data spec must be a non-empty string, got {spec!r}.")
+    head, _, query = spec.partition("?")
+    kind, _, arg = head.partition(":")
+    if kind == "digits" and not arg:
+        _parse_options(query, {}, spec)
+        return digits()
+    if kind == "synthetic" and not arg:
+        return synthetic(**_parse_options(query, {"n": int, "classes": int, "size": int,
+                                                  "channels": int, "seed": int, "noise": float},
+                                          spec))
+    if kind == "idx" and arg:
+        return idx(arg, **_parse_options(query, {"prefix": str, "transpose": bool}, spec))
+    if kind == "folder" and arg:
+        opts = _parse_options(query, {"split": str, "cache": bool}, spec)
+        if opts.get("split", "train").lower() in ("", "none"):
+            opts["split"] = None
+        return folder(arg, **opts)
+    if kind == "tfds" and arg:
+        name, _, split = arg.partition(":")
+        return tfds(name, split or "train", **_parse_options(query, {"data_dir": str}, spec))
+    raise DriftJaxError(f"unknown data spec {spec!r}; use one of: digits, synthetic[?n=..], "
+                        "idx:DIR, folder:PATH[?split=train], tfds:NAME[:SPLIT].")

@@ -1,0 +1,107 @@
+"""Convolution and pooling in the forms that compile fast on every backend.
+
+Why a custom VJP for convolution: inside a `lax.while_loop` body (so inside `lax.scan`), XLA:CPU
+(jax 0.10.2) leaves the weight-gradient convolution in its transposed dimension layout
+(``f01b_i01o->01bf``) and emits it as a naive loop instead of a library call; outside a loop it
+canonicalises it first. That is why a scanned train step ran 26x slower than the same step called
+from Python (`../shared/probes/scan_vs_loop.py`). `conv2d` writes the weight gradient directly in
+the canonical ``NHWC x HWIO`` form (the input's channels act as the batch, its batch as the
+contracted feature axis), so it is a library convolution in and out of loops: a 4-step scan of
+SeedCNN train steps went from 52 to ~2,500 images/s on the 2-core CPU. Numerically it is the same
+contraction as autodiff's (tests/test_layers.py checks parity).
+
+Why reshape-max pooling: `flax.linen.max_pool`'s backward (select-and-scatter) made a SeedCNN step
+3.4x slower on XLA:CPU; a reshape + max over the window axes has a cheap gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+CONV_FORMS = ("canonical", "autodiff")
+POOL_FORMS = ("reshape", "flax")
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv(x, w, stride: int):
+    pads = [_same_padding(x.shape[1], w.shape[0], stride),
+            _same_padding(x.shape[2], w.shape[1], stride)]
+    return lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                    dimension_numbers=DIMENSION_NUMBERS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
+    """SAME-padded 2-D convolution. x: [B, H, W, I], w: [kh, kw, I, O] -> [B, H/s, W/s, O]."""
+    return _conv(x, w, stride)
+
+
+def _conv2d_fwd(x, w, stride):
+    return _conv(x, w, stride), (x, w)
+
+
+def _conv2d_bwd(stride, residuals, g):
+    x, w = residuals
+    _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride), x)
+    (dx,) = input_vjp(g)
+    kh, kw = w.shape[:2]
+    pad_h = _same_padding(x.shape[1], kh, stride)
+    pad_w = _same_padding(x.shape[2], kw, stride)
+    # dW[a, b, i, o] = sum_{n, h, v} xpad[n, h*s + a, v*s + b, i] * g[n, h, v, o]:
+    # a convolution of x^T [I, H, W, N] with the kernel g^T [h, v, N, O] dilated by the stride.
+    x_t = jnp.transpose(x, (3, 1, 2, 0))
+    g_t = jnp.transpose(g, (1, 2, 0, 3))
+    dw = lax.conv_general_dilated(x_t, g_t, (1, 1), [pad_h, pad_w], rhs_dilation=(stride, stride),
+                                  dimension_numbers=DIMENSION_NUMBERS)
+    dw = jnp.transpose(dw[:, :kh, :kw, :], (1, 2, 0, 3))
+    return dx, dw.astype(w.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class Conv(nn.Module):
+    """SAME-padded conv layer, parameter layout as `flax.linen.Conv` (``kernel`` HWIO, ``bias``)."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    use_bias: bool = True
+    form: str = "canonical"
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        if self.form == "canonical":
+            y = conv2d(x, kernel, self.stride)
+        elif self.form == "autodiff":
+            y = _conv(x, kernel, self.stride)
+        else:
+            raise ValueError(f"conv form must be one of {CONV_FORMS}, got {self.form!r}")
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+def max_pool_2x2(x: jax.Array, form: str = "reshape") -> jax.Array:
+    """2x2 max pooling, stride 2, VALID (odd trailing rows/columns dropped). x: [B, H, W, C]."""
+    if form == "flax":
+        return nn.max_pool(x, (2, 2), (2, 2))
+    if form != "reshape":
+        raise ValueError(f"pool form must be one of {POOL_FORMS}, got {form!r}")
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

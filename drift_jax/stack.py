@@ -1,0 +1,405 @@
+"""Model stacks: N models of one architecture as one pytree with a leading axis N.
+
+A stack trains as one compiled program. Data sits on the device once; each member has its own
+index array into it (its base half, resample, shadow IN-set, ...) and its own shuffling key, and
+gathers its batches inside the compiled step. Steps are fused into `lax.scan` chunks; members run
+batched (`vmap`) or one after another inside the step (`lax.map`), a per-backend choice made by
+measurement (`EXECUTION_DEFAULTS`, `scripts/bench_train.py`) and recorded in every result. Members
+are sharded over the mesh's ``models`` axis and batches over its ``data`` axis (`jax.shard_map`,
+gradients summed with `psum`), so the same code runs on 1 or many devices with equal results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from drift_jax import devices as devices_lib
+from drift_jax import runtime
+from drift_jax.config import ExecutionConfig, TrainConfig
+from drift_jax.devices import DATA, MODELS
+from drift_jax.errors import DriftJaxError
+from drift_jax.files import atomic_write_json
+from drift_jax.models import ModelSpec
+
+# Chosen by `scripts/bench_train.py` (BENCHMARKS.md). On XLA:CPU (2-core Zen 4, jax 0.10.2) a
+# 16-member stack trained fastest with members one after another inside the step: vmapping
+# convolutions over members' weights lowers to grouped convolutions, slower there. On GPU/TPU,
+# vmap batches the members into wide kernels.
+EXECUTION_DEFAULTS = {
+    "cpu": ExecutionConfig(member_mode="map", scan_chunk=16, conv_form="canonical",
+                           pool_form="reshape"),
+    "gpu": ExecutionConfig(member_mode="vmap", scan_chunk=64, conv_form="canonical",
+                           pool_form="reshape"),
+    "tpu": ExecutionConfig(member_mode="vmap", scan_chunk=64, conv_form="canonical",
+                           pool_form="reshape"),
+}
+
+
+def resolve_execution(config: ExecutionConfig, backend: str | None = None) -> ExecutionConfig:
+    """Fills every ``auto`` field with the backend's measured default."""
+    default = EXECUTION_DEFAULTS.get(backend or jax.default_backend(), EXECUTION_DEFAULTS["gpu"])
+    return ExecutionConfig(
+        member_mode=default.member_mode if config.member_mode == "auto" else config.member_mode,
+        scan_chunk=config.scan_chunk or default.scan_chunk,
+        conv_form=default.conv_form if config.conv_form == "auto" else config.conv_form,
+        pool_form=default.pool_form if config.pool_form == "auto" else config.pool_form,
+    )
+
+
+def map_members(fn, mode: str, *args):
+    """Applies ``fn`` to every member (leading axis of each arg): batched or one at a time."""
+    if mode == "vmap":
+        return jax.vmap(fn)(*args)
+    if mode == "map":
+        return jax.lax.map(lambda a: fn(*a), args)
+    raise DriftJaxError(f"execution.member_mode must be 'vmap' or 'map', got {mode!r}.")
+
+
+# ----------------------------------------------------------------------------- init
+
+
+def init_stack(spec: ModelSpec, keys: jax.Array) -> dict:
+    """Variables of ``len(keys)`` independently initialised models, leaves [N, ...]."""
+    return jax.jit(jax.vmap(spec.init))(keys)
+
+
+def stack_size(variables: Any) -> int:
+    return int(jax.tree.leaves(variables)[0].shape[0])
+
+
+def member(variables: Any, index: int) -> Any:
+    return jax.tree.map(lambda x: x[index], variables)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@flax.struct.dataclass
+class StackState:
+    variables: dict
+    opt_state: Any
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Trained variables (leaves [N, ...]) and what happened: per-epoch loss and accuracy per
+    member, wall time, the resolved execution strategy and the mesh."""
+
+    variables: dict
+    history: dict
+    seconds: float
+    execution: ExecutionConfig
+    mesh: dict
+    compiles: int = 0  # XLA compilations during the epochs: 2 (schedule, chunk), any length
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    if config.weight_decay:
+        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    return optax.adam(config.learning_rate)
+
+
+def _pad_member_indices(member_indices, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = [np.asarray(ix, np.int64).reshape(-1) for ix in member_indices]
+    if not rows:
+        raise DriftJaxError("member_indices is empty; pass one index array per member.")
+    for m, ix in enumerate(rows):
+        if ix.size == 0:
+            raise DriftJaxError(f"member {m} has no training examples; give every member a "
+                                "non-empty index array.")
+        if ix.min() < 0 or ix.max() >= num_examples:
+            raise DriftJaxError(f"member {m} indexes outside the data (0..{num_examples - 1}); "
+                                f"found {ix.min()}..{ix.max()}.")
+    sizes = np.array([ix.size for ix in rows], np.int32)
+    padded = np.zeros((len(rows), sizes.max()), np.int32)
+    for m, ix in enumerate(rows):
+        padded[m, : ix.size] = ix
+    return padded, sizes
+
+
+def _augment(x: jax.Array, flip: jax.Array, shift: jax.Array, margin: int) -> jax.Array:
+    """x: [B, H, W, C]; flip: [B] bool; shift: [B, 2] in 0..2*margin (pad-and-crop offsets)."""
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    if margin:
+        h, w = x.shape[1:3]
+        padded = jnp.pad(x, ((0, 0), (margin, margin), (margin, margin), (0, 0)), mode="reflect")
+        x = jax.vmap(lambda im, s: jax.lax.dynamic_slice(im, (s[0], s[1], 0),
+                                                         (h, w, im.shape[-1])))(padded, shift)
+    return x
+
+
+class _Schedule(flax.struct.PyTreeNode):
+    """One epoch of batches for every member: [num_chunks, chunk, members, batch] arrays."""
+
+    index: jax.Array
+    weight: jax.Array
+    flip: jax.Array
+    shift: jax.Array
+
+
+def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np.ndarray,
+                member_indices, config: TrainConfig, key: jax.Array, *, progress: bool = True,
+                mesh=None) -> TrainResult:
+    """Trains every member of a stack on its own subset, with one recipe, as one program.
+
+    Args:
+      spec: the architecture (all members share it).
+      variables: the stack's initial variables, leaves [N, ...] (`init_stack`).
+      images: uint8 [num_examples, H, W, C]; moved to the device once, replicated.
+      labels: int [num_examples].
+      member_indices: N index arrays into ``images`` (lengths may differ).
+      config: the recipe; ``config.execution`` chooses how it runs.
+      key: PRNG key; member m shuffles with ``fold_in(key, m)``.
+      mesh: a ('models', 'data') mesh; default `devices.stack_mesh` over all devices.
+    """
+    chex.assert_rank(images, 4)
+    chex.assert_type(images, np.uint8)
+    chex.assert_shape(labels, (images.shape[0],))
+    num_members = stack_size(variables)
+    index, sizes = _pad_member_indices(member_indices, images.shape[0])
+    if index.shape[0] != num_members:
+        raise DriftJaxError(f"{index.shape[0]} index arrays for a stack of {num_members} members; "
+                            "pass one per member.")
+    if tuple(images.shape[1:]) != spec.image_shape:
+        raise DriftJaxError(f"images have shape {images.shape[1:]}, the model expects "
+                            f"{spec.image_shape}; use data of the model's shape.")
+    execution = resolve_execution(config.execution)
+    spec = dataclasses.replace(spec, conv_form=execution.conv_form, pool_form=execution.pool_form)
+    mesh = mesh or devices_lib.stack_mesh(num_members)
+    data_shards = mesh.shape[DATA]
+    batch = config.batch_size
+    padded_batch = -(-batch // data_shards) * data_shards
+    steps = -(-int(sizes.max()) // batch)
+    chunk = min(execution.scan_chunk, steps)
+    num_chunks = -(-steps // chunk)
+    has_bn = "batch_stats" in variables
+
+    module = spec.build(bn_axis_name=DATA) if spec.arch == "resnet" else spec.build()
+    tx = make_optimizer(config)
+    margin = config.augment_crop
+
+    def loss_fn(params, other, x, y, w):
+        if has_bn:
+            logits, updates = module.apply({"params": params, **other}, x, train=True,
+                                           mutable=["batch_stats"])
+        else:
+            logits, updates = module.apply({"params": params}, x, train=True), other
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return jnp.sum(ce * w), (updates, jnp.sum(correct * w))
+
+    def member_step(state, data_images, data_labels, ix, w, flip, shift):
+        """One optimiser step of one member on its local batch shard."""
+        x = data_images[ix].astype(jnp.float32) / 255.0
+        if config.augment_flip or margin:
+            x = _augment(x, flip, shift, margin)
+        params = state.variables["params"]
+        other = {k: v for k, v in state.variables.items() if k != "params"}
+        (loss_sum, (other_new, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, other, x, data_labels[ix], w)
+        count = jax.lax.psum(jnp.sum(w), DATA)
+        grads, loss_sum, correct = jax.lax.psum((grads, loss_sum, correct), DATA)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new = StackState({"params": optax.apply_updates(params, updates), **other_new}, opt_state)
+        # A member whose subset is used up this epoch sits the step out (no Adam drift).
+        new = jax.tree.map(lambda a, b: jnp.where(count > 0, a, b), new, state)
+        return new, jnp.stack([loss_sum, correct, count])
+
+    def train_chunk(state, data_images, data_labels, schedule, chunk_id):
+        """Local shard: state [N_loc, ...]; schedule [num_chunks, chunk, N_loc, B_loc]."""
+        part = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, chunk_id, 0, False),
+                            schedule)
+
+        def step(state, s):
+            def one(st, ix, w, flip, shift):
+                return member_step(st, data_images, data_labels, ix, w, flip, shift)
+
+            return map_members(one, execution.member_mode, state, s.index, s.weight, s.flip,
+                               s.shift)
+
+        state, stats = jax.lax.scan(step, state, part)
+        return state, stats.sum(0)  # [N_loc, 3]: loss sum, correct, count
+
+    sched_spec = _Schedule(*(P(None, None, MODELS, DATA),) * 4)
+    compiled_chunk = jax.jit(
+        jax.shard_map(train_chunk, mesh=mesh,
+                      in_specs=(P(MODELS), P(), P(), sched_spec, P()),
+                      out_specs=(P(MODELS), P(MODELS)),
+                      # Gradients are psum-ed explicitly below (pmap semantics).
+                      check_vma=False),
+        donate_argnums=(0,))
+
+    def epoch_schedule(member_keys, index, sizes, epoch):
+        def one(k, ix, n):
+            k = jax.random.fold_in(k, epoch)
+            k_perm, k_flip, k_shift = jax.random.split(k, 3)
+            order = jnp.argsort(jnp.where(jnp.arange(ix.shape[0]) < n,
+                                          jax.random.uniform(k_perm, ix.shape), 2.0))
+            slot = jnp.arange(num_chunks * chunk * padded_batch).reshape(
+                num_chunks * chunk, padded_batch)
+            # Each step's batch: `batch` real slots, then padding for even device shards.
+            pos = jnp.arange(num_chunks * chunk)[:, None] * batch + slot % padded_batch
+            real = (slot % padded_batch < batch) & (pos < n)
+            take = ix[order[pos % n]]
+            flip = jax.random.bernoulli(k_flip, 0.5, take.shape) & config.augment_flip
+            shift = jax.random.randint(k_shift, (*take.shape, 2), 0, 2 * margin + 1)
+            shape = (num_chunks, chunk, padded_batch)
+            return (take.reshape(shape), real.astype(jnp.float32).reshape(shape),
+                    flip.reshape(shape), shift.reshape(*shape, 2))
+
+        parts = jax.vmap(one)(member_keys, index, sizes)
+        return _Schedule(*(jnp.moveaxis(p, 0, 2) for p in parts))
+
+    place = lambda *spec_: devices_lib.sharding(mesh, *spec_)
+    compiled_schedule = jax.jit(epoch_schedule, out_shardings=_Schedule(
+        *(place(None, None, MODELS, DATA),) * 4))
+
+    opt_state = jax.jit(jax.vmap(tx.init))(variables["params"])
+    state = jax.device_put(StackState(variables, opt_state), place(MODELS))
+    data_images = jax.device_put(images, place())
+    data_labels = jax.device_put(np.asarray(labels, np.int32), place())
+    member_keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_members))
+    index_d, sizes_d = jnp.asarray(index), jnp.asarray(sizes)
+
+    history = {"loss": [], "accuracy": []}
+    start = time.perf_counter()
+    counter = runtime.CompileCounter().__enter__()
+    bar = tqdm(total=config.epochs * num_chunks, desc=f"train {num_members}x{spec.arch}",
+               unit="chunk", disable=not progress, leave=False)
+    for epoch in range(config.epochs):
+        schedule = compiled_schedule(member_keys, index_d, sizes_d, epoch)
+        totals = []
+        for c in range(num_chunks):
+            state, stats = compiled_chunk(state, data_images, data_labels, schedule, c)
+            totals.append(stats)
+            bar.update()
+        loss, correct, count = np.sum([np.asarray(t) for t in totals], axis=0).T
+        history["loss"].append((loss / np.maximum(count, 1)).tolist())
+        history["accuracy"].append((correct / np.maximum(count, 1)).tolist())
+        bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.3f}")
+    bar.close()
+    trained = jax.block_until_ready(state.variables)
+    seconds = time.perf_counter() - start
+    counter.__exit__()
+    _check_finite(trained, history)
+    return TrainResult(trained, history, seconds, execution, devices_lib.describe(mesh),
+                       counter.count)
+
+
+def _check_finite(variables, history) -> None:
+    loss = np.asarray(history["loss"])
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        epoch, m = np.argwhere(bad)[0]
+        raise DriftJaxError(f"training diverged: member {m} has a non-finite loss in epoch "
+                            f"{epoch}; lower train.learning_rate.")
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def predict_stack(spec: ModelSpec, variables: dict, images: jax.Array,
+                  member_mode: str = "vmap") -> jax.Array:
+    """Logits of every member on the same float images [B, H, W, C] in [0, 1] -> [N, B, C]."""
+    module = spec.build()
+    return map_members(lambda v: module.apply(v, images, train=False), member_mode, variables)
+
+
+def evaluate_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np.ndarray,
+                   batch_size: int = 500, member_mode: str | None = None) -> dict:
+    """Accuracy [N] and per-class accuracy [N, C] of every member, one compiled program.
+
+    images: uint8 [num_examples, H, W, C]; the last batch is padded, not recompiled.
+    """
+    chex.assert_type(images, np.uint8)
+    chex.assert_shape(labels, (images.shape[0],))
+    n = images.shape[0]
+    mode = member_mode or resolve_execution(ExecutionConfig()).member_mode
+    batches = -(-n // batch_size)
+    idx = np.arange(batches * batch_size) % n
+    valid = (np.arange(batches * batch_size) < n).reshape(batches, batch_size)
+
+    @jax.jit
+    def run(variables, images, labels, idx, valid):
+        def one_batch(args):
+            ix, ok = args
+            logits = predict_stack(spec, variables, images[ix].astype(jnp.float32) / 255.0, mode)
+            hit = (jnp.argmax(logits, -1) == labels[ix]) & ok  # [N, B]
+            onehot = jax.nn.one_hot(labels[ix], spec.num_classes) * ok[:, None]
+            return hit.astype(jnp.float32) @ onehot, onehot.sum(0)
+
+        hits, counts = jax.lax.map(one_batch, (idx.reshape(batches, batch_size), valid))
+        return hits.sum(0), counts.sum(0)
+
+    hits, counts = run(variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                       jnp.asarray(idx), jnp.asarray(valid))
+    hits, counts = np.asarray(hits), np.asarray(counts)
+    return {
+        "accuracy": (hits.sum(1) / counts.sum()).tolist(),
+        "per_class_accuracy": (hits / np.maximum(counts, 1)).tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_stack(directory: str | Path, spec: ModelSpec, variables: dict,
+               metadata: dict | None = None) -> Path:
+    """Saves a stack with orbax (atomic: orbax writes a temp folder, then renames) and its
+    `ModelSpec` as JSON. The JSON is written last: a folder without it is not a checkpoint."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    state_dir = directory / "state"
+    if state_dir.exists():
+        import shutil
+
+        shutil.rmtree(state_dir)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(state_dir, jax.device_get(variables))
+        ckptr.wait_until_finished()
+    atomic_write_json(directory / "stack.json", {
+        "format": "drift_jax.stack/1", "spec": spec.to_dict(),
+        "num_members": stack_size(variables), "metadata": metadata or {}})
+    return directory
+
+
+def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[ModelSpec, dict,
+                                                                                dict]:
+    """Restores ``(spec, variables, metadata)``; with ``expect``, refuses another architecture."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    meta_path = directory / "stack.json"
+    if not meta_path.exists():
+        raise DriftJaxError(f"{directory} is not a drift_jax checkpoint (no stack.json); pass the "
+                            "folder `drift-jax train --out` wrote its checkpoint to.")
+    meta = json.loads(meta_path.read_text())
+    spec = ModelSpec(**meta["spec"])
+    if expect is not None and (spec.arch, spec.num_classes, spec.image_shape) != (
+            expect.arch, expect.num_classes, expect.image_shape):
+        raise DriftJaxError(
+            f"checkpoint {directory} holds {spec.arch} for {spec.num_classes} classes on "
+            f"{spec.image_shape} images, expected {expect.arch} for {expect.num_classes} classes "
+            f"on {expect.image_shape}; pass a checkpoint of the matching architecture.")
+    abstract = jax.eval_shape(lambda: init_stack(
+        spec, jax.random.split(jax.random.key(0), meta["num_members"])))
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore(directory / "state", abstract)
+    return spec, variables, meta["metadata"]
