@@ -182,8 +182,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     batch = config.batch_size
     padded_batch = -(-batch // data_shards) * data_shards
     steps = -(-int(sizes.max()) // batch)
-    chunk = min(execution.scan_chunk, steps)
-    num_chunks = -(-steps // chunk)
+    # Even chunks: at most scan_chunk steps each, and less than one chunk of padded steps.
+    num_chunks = -(-steps // execution.scan_chunk)
+    chunk = -(-steps // num_chunks)
     has_bn = "batch_stats" in variables
 
     module = spec.build(bn_axis_name=DATA) if spec.arch == "resnet" else spec.build()

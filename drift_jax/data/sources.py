@@ -291,8 +291,7 @@ def tfds(name: str, split: str = "train", data_dir: str | None = None) -> Datase
     n = len(source)
     if n == 0:
         raise DriftJaxError(f"tfds: {name}:{split} is empty.")
-    records = source.__getitems__(range(n)) if hasattr(source, "__getitems__") else [
-        source[i] for i in range(n)]
+    records = [source[i] for i in range(n)]
     images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
     labels = np.array([int(r["label"]) for r in records], np.int32)
     label_feature = builder.info.features["label"]

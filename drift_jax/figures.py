@@ -1,0 +1,54 @@
+"""Figures written beside results (matplotlib, Agg backend, atomic PNG writes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from drift_jax.files import atomic_save_figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(path: str | Path, images: np.ndarray, row_labels: list[str],
+               title: str = "") -> Path:
+    """Saves a grid of images [rows, cols, H, W, C] (uint8 or floats in [0, 1]) as a PNG."""
+    plt = _pyplot()
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 1, rows * 0.9 + 0.5),
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            im = images[r, c]
+            ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray",
+                      vmin=0, vmax=255 if im.dtype == np.uint8 else 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    try:
+        return atomic_save_figure(path, fig)
+    finally:
+        plt.close(fig)
+
+
+def dataset_grid(path: str | Path, images: np.ndarray, labels: np.ndarray,
+                 class_names: tuple[str, ...], per_class: int = 8, title: str = "") -> Path:
+    """The first ``per_class`` images of every class, one row per class (blank where fewer)."""
+    h, w, c = images.shape[1:]
+    grid = np.zeros((len(class_names), per_class, h, w, c), np.uint8)
+    for k in range(len(class_names)):
+        picked = np.flatnonzero(labels == k)[:per_class]
+        grid[k, : len(picked)] = images[picked]
+    return image_grid(path, grid, list(class_names), title)

@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DRIFT_JAX_SHARED", ROOT.parent / "shared"))
+MNIST_DIR = SHARED / "datasets" / "mnist-test"
+CIFAR_TAR = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRIFT_JAX_CACHE", str(tmp_path / "cache"))
+
+
+def require(path: Path):
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data lives in ../shared/datasets beside the repo)")
+    return path
+
+
+def run_python(code: str, env_extra: dict | None = None, timeout: int = 600) -> str:
+    """Runs code in a fresh interpreter (XLA flags such as the virtual device count only take
+    effect before JAX starts); returns stdout, fails the test with stderr on error."""
+    env = {**os.environ, **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        pytest.fail(f"subprocess failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def make_images(n=20, size=8, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)

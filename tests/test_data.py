@@ -1,0 +1,198 @@
+import gzip
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import CIFAR_TAR, MNIST_DIR, make_images, require
+from PIL import Image
+
+from drift_jax import data
+from drift_jax.data import Dataset
+from drift_jax.errors import DriftJaxError
+
+NAMES = ("a", "b", "c")
+
+
+def test_dataset_accepts_valid_and_casts_labels():
+    ds = Dataset(make_images(6), np.array([0, 1, 2, 0, 1, 2], np.int64), NAMES, "t")
+    assert ds.labels.dtype == np.int32 and len(ds) == 6 and ds.num_classes == 3
+    assert ds.class_counts().tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("images, labels, names, message", [
+    (make_images(4)[..., 0], np.zeros(4), NAMES, "rank 4"),
+    (make_images(4).astype(np.float32) / 255, np.zeros(4), NAMES, "must be uint8"),
+    (make_images(4, channels=2), np.zeros(4), NAMES, "1 or 3 channels"),
+    (np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0), NAMES, "empty"),
+    (make_images(4), np.zeros(3), NAMES, "labels must have shape [4]"),
+    (make_images(4), np.array([0, 1, 2, 3]), NAMES, "labels must lie in 0..2"),
+    (make_images(4), np.array([0, -1, 2, 1]), NAMES, "labels must lie in 0..2"),
+    (make_images(4), np.array([0.0, 1.0, 2.0, 1.0]), NAMES, "labels must be integers"),
+    (make_images(4), np.zeros(4, int), ("only",), "at least 2 class names"),
+])
+def test_dataset_rejects_bad_input(images, labels, names, message):
+    with pytest.raises(DriftJaxError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Dataset(images, np.asarray(labels), names, "t")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.full((2, 4, 4, 1), np.nan, np.float32), "NaN or Inf"),
+    (np.full((2, 4, 4, 1), 3.0, np.float32), r"must lie in \[0, 1\]"),
+])
+def test_from_float_images_rejects_nan_and_range(bad, message):
+    with pytest.raises(DriftJaxError, match=message):
+        data.from_float_images(bad, np.array([0, 1]), NAMES)
+
+
+def test_digits_is_embedded_and_scaled():
+    ds = data.digits()
+    assert ds.images.shape == (1797, 8, 8, 1) and ds.images.dtype == np.uint8
+    assert ds.images.max() == 255 and ds.num_classes == 10
+
+
+def test_synthetic_is_seeded_and_learnable_by_template():
+    a, b = data.synthetic(n=200, seed=3), data.synthetic(n=200, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, data.synthetic(n=200, seed=4).images)
+    # Nearest class mean classifies well above chance: the patterns carry the label.
+    x = a.images.reshape(len(a), -1).astype(float)
+    means = np.stack([x[a.labels == c].mean(0) for c in range(a.num_classes)])
+    pred = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), 1)
+    assert (pred == a.labels).mean() > 0.9
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_reads_written_files_and_transposes(tmp_path):
+    images = make_images(5, size=6)[..., 0]
+    images[:, 0, 1] = 7  # asymmetric marker
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 1, 0]))
+    ds = data.load(f"idx:{tmp_path}?prefix=train")
+    np.testing.assert_array_equal(ds.images[..., 0], images)
+    ds_t = data.load(f"idx:{tmp_path}?prefix=train&transpose=1")
+    np.testing.assert_array_equal(ds_t.images[..., 0], images.transpose(0, 2, 1))
+
+
+def test_idx_truncated_file_is_named(tmp_path):
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 2]))
+    raw = bytes([0, 0, 8, 3]) + b"".join(int(s).to_bytes(4, "big") for s in (5, 6, 6))
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw + bytes(100))  # 180 bytes promised
+    with pytest.raises(DriftJaxError, match="truncated or corrupt"):
+        data.idx(tmp_path)
+
+
+def test_idx_missing_directory():
+    with pytest.raises(DriftJaxError, match="does not exist"):
+        data.load("idx:/nonexistent/mnist")
+
+
+def test_idx_real_mnist_test_set():
+    ds = data.load(f"idx:{require(MNIST_DIR)}")
+    assert ds.images.shape == (10000, 28, 28, 1)
+    assert ds.class_counts().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _png_bytes(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _make_folder(root, split="train", per_class=3, size=8):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        d = root / split / c
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            (d / f"{i}.png").write_bytes(
+                _png_bytes(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+
+
+def test_folder_directory_archive_and_cache(tmp_path):
+    _make_folder(tmp_path / "root")
+    ds = data.load(f"folder:{tmp_path / 'root'}")
+    assert ds.class_names == ("cat", "dog") and ds.images.shape == (6, 8, 8, 3)
+    archive = tmp_path / "root.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "root", arcname="root")
+    from_tar = data.folder(archive)
+    np.testing.assert_array_equal(from_tar.images, ds.images)
+    cached = data.folder(archive)  # second read comes from the .npy cache
+    np.testing.assert_array_equal(cached.images, ds.images)
+    assert list((tmp_path / "cache" / "folder").glob("*/images.npy"))
+    with pytest.raises(DriftJaxError, match="no images for split 'test'"):
+        data.load(f"folder:{tmp_path / 'root'}?split=test")
+
+
+def test_folder_corrupt_jpeg_is_named(tmp_path):
+    _make_folder(tmp_path / "root")
+    bad = tmp_path / "root" / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DriftJaxError, match="broken.jpg"):
+        data.folder(tmp_path / "root")
+
+
+@pytest.mark.parametrize("name", ["../evil/train/cat/0.png", "/abs/train/cat/0.png"])
+def test_folder_archive_refuses_escaping_members(tmp_path, name):
+    archive = tmp_path / "bad.tar.gz"
+    payload = _png_bytes(np.zeros((8, 8, 3), np.uint8))
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(DriftJaxError, match="escapes its folder"):
+        data.folder(archive)
+
+
+def test_folder_real_cifar10_test_split():
+    ds = data.load(f"folder:{require(CIFAR_TAR)}?split=test")
+    assert ds.images.shape == (10000, 32, 32, 3)
+    assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                              "horse", "ship", "truck")
+    assert ds.class_counts().tolist() == [1000] * 10
+
+
+def test_tfds_reads_mock_data_without_network():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.load("tfds:mnist:test")
+    assert ds.images.shape == (12, 28, 28, 1) and ds.num_classes == 10
+    assert ds.name == "tfds:mnist:test"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("imagenet", "unknown data spec"),
+    ("synthetic?bogus=1", "unknown option 'bogus'"),
+    ("synthetic?n=abc", "not a valid int"),
+    ("folder:/no/such/place", "does not exist"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(DriftJaxError, match=message):
+        data.load(spec)
+
+
+def test_splits_are_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), 50)
+    a = data.base_production_holdout(labels, seed=1)
+    b = data.base_production_holdout(labels, seed=1)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.base, data.base_production_holdout(labels, seed=2).base)
+    together = np.concatenate(a)
+    assert len(np.unique(together)) == len(together) == 200
+    for part, share in zip(a, (0.4, 0.4, 0.2)):
+        np.testing.assert_array_equal(np.bincount(labels[part]), [share * 50] * 4)
+
+
+def test_split_with_a_class_too_small_names_it():
+    labels = np.array([0] * 20 + [1] * 2)
+    with pytest.raises(DriftJaxError, match="class 1 has 2 images"):
+        data.base_production_holdout(labels, seed=0)
