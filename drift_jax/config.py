@@ -124,7 +124,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     unknown = set(data) - names
     if unknown:
         prefix = f"{where}." if where else ""
-        raise DriftJaxError(f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}"
+        keys = ", ".join(prefix + k for k in sorted(unknown))
+        raise DriftJaxError(f"unknown config key(s) {keys}"
                             f"; valid keys: {', '.join(prefix + n for n in sorted(names))}.")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -147,7 +148,8 @@ def with_overrides(config: T, overrides: list[str]) -> T:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise DriftJaxError(f"override {item!r} must look like key=value (e.g. train.epochs=3).")
+            raise DriftJaxError(f"override {item!r} must look like key=value "
+                                "(e.g. train.epochs=3).")
         node = data
         *parents, leaf = key.split(".")
         for p in parents:

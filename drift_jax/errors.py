@@ -1,4 +1,4 @@
-"""One exception type for every mistake a user can fix: the message names the problem and the fix."""
+"""One exception type for every mistake a user can fix: its message names problem and fix."""
 
 
 class DriftJaxError(ValueError):

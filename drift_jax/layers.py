@@ -1,14 +1,15 @@
 """Convolution and pooling in the forms that compile fast on every backend.
 
 Why a custom VJP for convolution: inside a `lax.while_loop` body (so inside `lax.scan`), XLA:CPU
-(jax 0.10.2) leaves the weight-gradient convolution in its transposed dimension layout
-(``f01b_i01o->01bf``) and emits it as a naive loop instead of a library call; outside a loop it
-canonicalises it first. That is why a scanned train step ran 26x slower than the same step called
-from Python (`../shared/probes/scan_vs_loop.py`). `conv2d` writes the weight gradient directly in
-the canonical ``NHWC x HWIO`` form (the input's channels act as the batch, its batch as the
-contracted feature axis), so it is a library convolution in and out of loops: a 4-step scan of
-SeedCNN train steps went from 52 to ~2,500 images/s on the 2-core CPU. Numerically it is the same
-contraction as autodiff's (tests/test_layers.py checks parity).
+(jax 0.10.2) leaves autodiff's gradient convolutions in their transposed dimension layouts (weight
+gradient ``f01b_i01o->01bf``, input gradient with an ``01oi`` kernel) and emits them as naive
+loops instead of library calls; outside a loop it canonicalises them first. That is why a scanned
+train step ran 26x slower than the same step called from Python
+(`../shared/probes/scan_vs_loop.py`). `conv2d` writes both gradients directly in the canonical
+``NHWC x HWIO`` form (for the weight gradient the input's channels act as the batch and its batch
+as the contracted feature axis; for the input gradient the kernel is flipped and its channel axes
+swapped explicitly), so they are library convolutions in and out of loops. Numerically they are
+the same contractions as autodiff's (tests/test_layers.py checks parity).
 
 Why reshape-max pooling: `flax.linen.max_pool`'s backward (select-and-scatter) made a SeedCNN step
 3.4x slower on XLA:CPU; a reshape + max over the window axes has a cheap gradient.
@@ -53,11 +54,17 @@ def _conv2d_fwd(x, w, stride):
 
 def _conv2d_bwd(stride, residuals, g):
     x, w = residuals
-    _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride), x)
-    (dx,) = input_vjp(g)
     kh, kw = w.shape[:2]
     pad_h = _same_padding(x.shape[1], kh, stride)
     pad_w = _same_padding(x.shape[2], kw, stride)
+    # dX: g dilated by the stride, correlated with the spatially flipped kernel whose in/out
+    # channels are swapped explicitly (autodiff's `01oi` kernel layout is the other slow case).
+    w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+    dx_pads = [(k - 1 - lo, size - (out - 1) * stride - 1 + lo)
+               for k, (lo, _), size, out in ((kh, pad_h, x.shape[1], g.shape[1]),
+                                             (kw, pad_w, x.shape[2], g.shape[2]))]
+    dx = lax.conv_general_dilated(g, w_t, (1, 1), dx_pads, lhs_dilation=(stride, stride),
+                                  dimension_numbers=DIMENSION_NUMBERS)
     # dW[a, b, i, o] = sum_{n, h, v} xpad[n, h*s + a, v*s + b, i] * g[n, h, v, o]:
     # a convolution of x^T [I, H, W, N] with the kernel g^T [h, v, N, O] dilated by the stride.
     x_t = jnp.transpose(x, (3, 1, 2, 0))

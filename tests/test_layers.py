@@ -17,8 +17,8 @@ class Conv2dParity(chex.TestCase):
             x = jax.random.normal(kx, shape)
             w = jax.random.normal(kw, (3, 3, shape[-1], 6))
             g = jax.random.normal(kg, layers._conv(x, w, stride).shape)
-            ours = self.variant(jax.vjp(lambda a, b: layers.conv2d(a, b, stride), x, w)[1])(g)
-            ref = self.variant(jax.vjp(lambda a, b: layers._conv(a, b, stride), x, w)[1])(g)
+            ours = self.variant(jax.vjp(lambda a, b, s=stride: layers.conv2d(a, b, s), x, w)[1])(g)
+            ref = self.variant(jax.vjp(lambda a, b, s=stride: layers._conv(a, b, s), x, w)[1])(g)
             for a, b in zip(ours, ref):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 

@@ -50,16 +50,22 @@ def test_seedcnn_learns_digits_fast():
 
 def test_one_compile_per_run_whatever_the_length(tiny):
     ds, spec = tiny
-    jax.clear_caches()
+    def fresh():
+        stack._train_programs.cache_clear()
+        jax.clear_caches()
+
+    fresh()
     with runtime.CompileCounter() as short_total:
         short = _train(ds, spec, epochs=1, scan_chunk=2)
-    jax.clear_caches()
+    fresh()
     with runtime.CompileCounter() as long_total:
         long = _train(ds, spec, epochs=4, scan_chunk=2)
     # The epoch schedule and the train chunk, each compiled once, for 1 or 4 epochs x 4 chunks;
     # setup programs (init, optimiser state) do not grow with the run either.
     assert short.compiles == long.compiles == 2
     assert short_total.count == long_total.count
+    # Another run of the same shape (a new seed) reuses both programs.
+    assert _train(ds, spec, epochs=4, scan_chunk=2, key=7).compiles == 0
 
 
 def test_same_seed_bitwise_identical(tiny):

@@ -36,7 +36,8 @@ class Dataset:
         if images.ndim != 4:
             hint = " (add a channel axis: images[..., None])" if images.ndim == 3 else ""
             raise DriftJaxError(
-                f"{self.name}: images must have rank 4 [N, H, W, C], got shape {images.shape}{hint}."
+                f"{self.name}: images must have rank 4 [N, H, W, C], got shape "
+                f"{images.shape}{hint}."
             )
         if images.shape[-1] not in (1, 3):
             raise DriftJaxError(

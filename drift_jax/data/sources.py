@@ -271,7 +271,7 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
 
 
 def tfds(name: str, split: str = "train", data_dir: str | None = None) -> Dataset:
-    """A tensorflow-datasets dataset read through ``tfds.data_source`` (no TensorFlow needed to read).
+    """A tensorflow-datasets dataset read with ``tfds.data_source`` (reading needs no TensorFlow).
 
     The data must be prepared (ArrayRecord); preparing cifar10/mnist/emnist needs the ``tf`` extra
     and a network. Images come from the ``image`` feature, labels from ``label``.
