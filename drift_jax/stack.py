@@ -64,6 +64,9 @@ def map_members(fn, mode: str, *args):
     if mode == "vmap":
         return jax.vmap(fn)(*args)
     if mode == "map":
+        if jax.tree.leaves(args)[0].shape[0] == 1:  # one member: no loop around it
+            out = fn(*jax.tree.map(lambda a: a[0], args))
+            return jax.tree.map(lambda a: a[None], out)
         return jax.lax.map(lambda a: fn(*a), args)
     raise DriftJaxError(f"execution.member_mode must be 'vmap' or 'map', got {mode!r}.")
 
