@@ -52,3 +52,36 @@ def dataset_grid(path: str | Path, images: np.ndarray, labels: np.ndarray,
         picked = np.flatnonzero(labels == k)[:per_class]
         grid[k, : len(picked)] = images[picked]
     return image_grid(path, grid, list(class_names), title)
+
+
+def _mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
+    """[rows, cols, H, W, ch] -> one image [rows*(H+gap), cols*(W+gap), ch] with white gaps."""
+    rows, cols, h, w, ch = tiles.shape
+    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, ch), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[r, c]
+    return out
+
+
+def gray_grid(path: str | Path, images: np.ndarray, class_names: list[str],
+              panel_titles: list[str] | None = None, title: str = "") -> Path:
+    """Gray data [models, classes, samples, H, W, ch] in [0, 1]: one panel per model, rows
+    classes, columns samples."""
+    plt = _pyplot()
+    m, c, s, h, w, _ = images.shape
+    fig, axes = plt.subplots(1, m, figsize=(m * (s * 0.35 + 1.2), c * 0.35 + 0.8), squeeze=False)
+    for k in range(m):
+        ax = axes[0, k]
+        mosaic = _mosaic(np.asarray(images[k], np.float32))
+        ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0,
+                  vmax=1, interpolation="nearest")
+        ax.set_yticks([(h + 1) * r + h / 2 for r in range(c)], class_names, fontsize=7)
+        ax.set_xticks([])
+        ax.set_title(panel_titles[k] if panel_titles else f"model {k}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    try:
+        return atomic_save_figure(path, fig)
+    finally:
+        plt.close(fig)
