@@ -9,6 +9,13 @@ import numpy as np
 from drift_jax.files import atomic_save_figure
 
 
+def _save(path, fig) -> Path:
+    try:
+        return atomic_save_figure(path, fig)
+    finally:
+        _pyplot().close(fig)
+
+
 def _pyplot():
     import matplotlib
 
@@ -37,10 +44,7 @@ def image_grid(path: str | Path, images: np.ndarray, row_labels: list[str],
                 ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    try:
-        return atomic_save_figure(path, fig)
-    finally:
-        plt.close(fig)
+    return _save(path, fig)
 
 
 def dataset_grid(path: str | Path, images: np.ndarray, labels: np.ndarray,
@@ -81,7 +85,4 @@ def gray_grid(path: str | Path, images: np.ndarray, class_names: list[str],
         ax.set_title(panel_titles[k] if panel_titles else f"model {k}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    try:
-        return atomic_save_figure(path, fig)
-    finally:
-        plt.close(fig)
+    return _save(path, fig)

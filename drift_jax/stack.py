@@ -295,8 +295,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     layout = _Layout(batch=batch, padded_batch=-(-batch // mesh.shape[DATA]) * mesh.shape[DATA],
                      chunk=-(-steps // num_chunks), num_chunks=num_chunks,
                      has_bn="batch_stats" in variables)
-    compiled_schedule, compiled_chunk, opt_init = _train_programs(spec, config, execution, mesh,
-                                                                  layout)
+    # The programs do not depend on the epoch count: normalise it out of the cache key.
+    compiled_schedule, compiled_chunk, opt_init = _train_programs(
+        spec, dataclasses.replace(config, epochs=1), execution, mesh, layout)
     place = lambda *spec_: devices_lib.sharding(mesh, *spec_)
     state = jax.device_put(StackState(variables, opt_init(variables["params"])), place(MODELS))
     data_images = jax.device_put(images, place())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 import miface_reference  # noqa: E402
+from bench_common import conv_rate, machine, update_section  # noqa: E402
 
-from drift_jax import layers, runtime, stack  # noqa: E402
+from drift_jax import stack  # noqa: E402
 from drift_jax.inversion import InversionConfig, MIFaceConfig, invert  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
 
@@ -103,28 +103,6 @@ def art_miface(samples: int, iterations: int, models: int = 2) -> dict:
             "art": art.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def conv_rate(batch: int) -> float:
-    """GFLOP/s of SeedCNN's second conv (most of its FLOPs), forward + both gradients."""
-    a = jax.random.normal(jax.random.key(2), (batch, 16, 16, 32))
-    w = jax.random.normal(jax.random.key(3), (3, 3, 32, 64))
-
-    def conv_fb(a, w):
-        out, vjp = jax.vjp(lambda a, w: layers._conv(a, w, 1), a, w)
-        return vjp(out)
-
-    jconv = jax.jit(conv_fb)
-    flops = jconv.lower(a, w).compile().cost_analysis()["flops"]
-    jax.block_until_ready(jconv(a, w))
-    best = 1e9
-    for _ in range(3):
-        s = time.perf_counter()
-        for _ in range(20):
-            out = jconv(a, w)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - s) / 20)
-    return flops / best / 1e9
-
-
 def flop_rates(variables, k: int) -> dict:
     """FLOPs of one batched MIFace iteration (XLA cost analysis) and conv fwd+bwd rates at the
     training batch (64) and at this inversion's per-model batch."""
@@ -150,8 +128,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "inversion.json"))
     args = parser.parse_args()
     variables = stack.init_stack(SPEC, jax.random.split(jax.random.key(0), 2))
-    r: dict = {"machine": {k: v for k, v in runtime.environment().items()
-                           if k in ("processor", "cpu_count", "jax", "backend")}}
+    r: dict = {"machine": machine()}
     its_a = 50 if args.quick else 200
     print("(a) compiled stack vs per-sample reference ...", flush=True)
     a_ours = ours(variables, 8, its_a)
@@ -207,15 +184,7 @@ def write_markdown(r: dict) -> None:
         f"**{c['fraction_of_conv_rate']:.2f}**; against the conv rate at the protocol's batch "
         f"(10 images per model, {c['conv_gflop_per_s_same_batch']:.1f} GFLOP/s): "
         f"**{c['fraction_of_conv_rate_same_batch']:.2f}**."]
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "<!-- bench_inversion -->\n" + "\n".join(lines) + "\n<!-- /bench_inversion -->"
-    if "<!-- bench_inversion -->" in text:
-        text = re.sub(r"<!-- bench_inversion -->.*<!-- /bench_inversion -->", lambda _: block,
-                      text, flags=re.S)
-    else:
-        text += "\n## Inversion (`scripts/bench_inversion.py`)\n\n" + block + "\n"
-    path.write_text(text)
+    update_section("bench_inversion", "Inversion (`scripts/bench_inversion.py`)", lines)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import machine, update_section  # noqa: E402
+
 YNN_OFF = ("--xla_cpu_experimental_ynn_fusion_type="
            "-individual_convolution,-reduce,-dot,-eltwise,-individual_dot")
 
@@ -123,7 +127,6 @@ FLOPS = """
 import json, time, jax, jax.numpy as jnp, numpy as np, optax
 from jax import lax
 from drift_jax.models import ModelSpec
-from drift_jax import layers
 B = 64
 spec = ModelSpec("seedcnn", 10, (32, 32, 3))
 module, tx = spec.build(), optax.adam(1e-3)
@@ -144,19 +147,12 @@ def best_time(f, *a, reps=20):
 jstep = jax.jit(step)
 step_flops = jstep.lower(params, opt).compile().cost_analysis()["flops"]
 step_s = best_time(jstep, params, opt)
-# The machine's conv rate: SeedCNN's second conv (most of its FLOPs), forward + both gradients.
-a = jax.random.normal(jax.random.key(2), (B, 16, 16, 32))
-w = jax.random.normal(jax.random.key(3), (3, 3, 32, 64))
-def conv_fb(a, w):
-    out, vjp = jax.vjp(lambda a, w: layers._conv(a, w, 1), a, w)
-    return vjp(out)
-jconv = jax.jit(conv_fb)
-conv_flops = jconv.lower(a, w).compile().cost_analysis()["flops"]
-conv_s = best_time(jconv, a, w)
+import sys; sys.path.insert(0, "scripts")
+from bench_common import conv_rate
+conv = conv_rate(B)
 print(json.dumps({"step_gflops": step_flops / 1e9, "step_ms": step_s * 1e3,
-                  "step_gflop_per_s": step_flops / step_s / 1e9,
-                  "conv_gflop_per_s": conv_flops / conv_s / 1e9,
-                  "fraction": (step_flops / step_s) / (conv_flops / conv_s)}))
+                  "step_gflop_per_s": step_flops / step_s / 1e9, "conv_gflop_per_s": conv,
+                  "fraction": (step_flops / step_s / 1e9) / conv}))
 """
 
 
@@ -253,14 +249,6 @@ def main() -> None:
     print(f"wrote {out} and BENCHMARKS.md")
 
 
-def machine() -> dict:
-    sys.path.insert(0, str(ROOT))
-    from drift_jax import runtime
-
-    env = runtime.environment()
-    return {k: env[k] for k in ("processor", "cpu_count", "jax", "backend", "python")}
-
-
 def write_markdown(r: dict) -> None:
     m = r["machine"]
     lines = [f"Machine: {m['processor']}, {m['cpu_count']} cores, {m['backend']}, jax {m['jax']}; "
@@ -290,15 +278,7 @@ def write_markdown(r: dict) -> None:
               f"{r['d_devices']['four_virtual_devices']['seconds']:.1f} s; max relative "
               "difference of parameter sums "
               f"{r['d_devices']['max_relative_checksum_difference']:.1e}"]
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "<!-- bench_train -->\n" + "\n".join(lines) + "\n<!-- /bench_train -->"
-    if "<!-- bench_train -->" in text:
-        text = re.sub(r"<!-- bench_train -->.*<!-- /bench_train -->", lambda _: block, text,
-                      flags=re.S)
-    else:
-        text += "\n## Training (`scripts/bench_train.py`)\n\n" + block + "\n"
-    path.write_text(text)
+    update_section("bench_train", "Training (`scripts/bench_train.py`)", lines)
 
 
 if __name__ == "__main__":

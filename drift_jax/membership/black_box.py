@@ -10,16 +10,22 @@ from typing import Literal
 import jax
 import numpy as np
 
-from drift_jax.membership.attack_model import (AttackModels, AttackTrainConfig,
-                                               train_attack_models)
-from drift_jax.membership.base import (MembershipScores, as_float_images, check_labels,
-                                       stack_logits)
+from drift_jax.membership.attack_model import AttackModels, AttackTrainConfig, train_attack_models
+from drift_jax.membership.base import MembershipScores, as_float_images, check_labels, stack_logits
 from drift_jax.models import ModelSpec
 
 
 def output_features(logits: np.ndarray, output: str) -> np.ndarray:
     """Model outputs as attack features: softmax probabilities or raw logits, [n, C]."""
     return np.asarray(jax.nn.softmax(logits) if output == "probability" else logits)
+
+
+def target_features(spec: ModelSpec, variables: dict, images, labels,
+                    output: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (features [n, C], labels [n]) of the target model on images to score."""
+    x = as_float_images(images, spec.image_shape)
+    labels = check_labels(labels, len(x), spec.num_classes)
+    return output_features(stack_logits(spec, variables, x)[0], output), labels
 
 
 @dataclasses.dataclass
@@ -46,8 +52,6 @@ class BlackBox:
     def score(self, images, labels) -> MembershipScores:
         if self.models is None:
             raise RuntimeError("call fit() before score()")
-        x = as_float_images(images, self.spec.image_shape)
-        labels = check_labels(labels, len(x), self.spec.num_classes)
-        feats = output_features(stack_logits(self.spec, self.variables, x)[0], self.output)
+        feats, labels = target_features(self.spec, self.variables, images, labels, self.output)
         p = self.models.probability(feats, labels)
         return MembershipScores(p, p >= 0.5)

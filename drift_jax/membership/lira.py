@@ -24,8 +24,7 @@ from scipy import special, stats
 
 from drift_jax.config import TrainConfig
 from drift_jax.errors import DriftJaxError
-from drift_jax.membership.base import (MembershipScores, as_float_images, check_labels,
-                                       stack_logits)
+from drift_jax.membership.base import MembershipScores, as_float_images, check_labels, stack_logits
 from drift_jax.membership.shadow import balanced_keep, train_shadows
 from drift_jax.models import ModelSpec
 

@@ -7,8 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from drift_jax.membership.base import (MembershipScores, as_float_images, check_labels,
-                                       stack_logits)
+from drift_jax.membership.base import MembershipScores, as_float_images, check_labels, stack_logits
 from drift_jax.models import ModelSpec
 
 

@@ -15,11 +15,9 @@ import numpy as np
 from drift_jax import stack
 from drift_jax.config import TrainConfig
 from drift_jax.errors import DriftJaxError
-from drift_jax.membership.attack_model import (AttackModels, AttackTrainConfig,
-                                               train_attack_models)
-from drift_jax.membership.base import (MembershipScores, as_float_images, check_labels,
-                                       stack_logits)
-from drift_jax.membership.black_box import output_features
+from drift_jax.membership.attack_model import AttackModels, AttackTrainConfig, train_attack_models
+from drift_jax.membership.base import MembershipScores, as_float_images, check_labels, stack_logits
+from drift_jax.membership.black_box import output_features, target_features
 from drift_jax.models import ModelSpec
 
 
@@ -61,9 +59,12 @@ class ShadowModels:
     shadow_seconds: float = 0.0
 
     def fit(self, pool_images: np.ndarray, pool_labels: np.ndarray, key: jax.Array,
-            progress: bool = False) -> ShadowModels:
-        """``pool_images``: uint8 [n, H, W, ch] from the base distribution (not the target's
-        training set when one wants a strict attacker); n must feed K shadows (K/2 each)."""
+            progress: bool = False, shadows: dict | None = None,
+            keep: np.ndarray | None = None) -> ShadowModels:
+        """``pool_images``: uint8 [n, H, W, ch] from the base distribution; shadow k trains on
+        the examples where ``keep[k]`` holds (a balanced random half). Pass ``shadows`` and their
+        ``keep`` matrix to reuse a trained stack (e.g. LiRA's: both attacks on one set of
+        shadows, as in Carlini et al.)."""
         import time
 
         labels = check_labels(pool_labels, len(pool_images), self.spec.num_classes)
@@ -71,11 +72,14 @@ class ShadowModels:
             raise DriftJaxError(f"the shadow pool has {len(pool_images)} images; it needs at "
                                 f"least {2 * self.spec.num_classes} to train shadow models.")
         keep_key, train_key, attack_key = jax.random.split(key, 3)
-        keep = balanced_keep(self.num_shadows, len(pool_images), keep_key)
-        start = time.perf_counter()
-        shadows = train_shadows(self.spec, pool_images, labels, keep, self.train, train_key,
-                                progress)
-        self.shadow_seconds = time.perf_counter() - start
+        if shadows is None:
+            keep = balanced_keep(self.num_shadows, len(pool_images), keep_key)
+            start = time.perf_counter()
+            shadows = train_shadows(self.spec, pool_images, labels, keep, self.train, train_key,
+                                    progress)
+            self.shadow_seconds = time.perf_counter() - start
+        elif keep is None or keep.shape != (self.num_shadows, len(pool_images)):
+            raise DriftJaxError("reusing shadows needs their keep matrix [num_shadows, n].")
         x = as_float_images(pool_images, self.spec.image_shape)
         feats = output_features(stack_logits(self.spec, shadows, x), self.output)  # [K, n, C]
         feats = feats.reshape(-1, feats.shape[-1])
@@ -91,8 +95,6 @@ class ShadowModels:
     def score(self, images, labels) -> MembershipScores:
         if self.models is None:
             raise RuntimeError("call fit() before score()")
-        x = as_float_images(images, self.spec.image_shape)
-        labels = check_labels(labels, len(x), self.spec.num_classes)
-        feats = output_features(stack_logits(self.spec, self.variables, x)[0], self.output)
+        feats, labels = target_features(self.spec, self.variables, images, labels, self.output)
         p = self.models.probability(feats, labels, labels if self.per_class else None)
         return MembershipScores(p, p >= 0.5)

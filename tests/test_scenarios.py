@@ -1,0 +1,84 @@
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drift_jax import data
+from drift_jax.data import scenarios
+from drift_jax.errors import DriftJaxError
+
+DS = data.synthetic(n=400, classes=4, size=8, channels=3, seed=0)
+KEY = jax.random.key(0)
+
+
+def test_none_changes_nothing():
+    images, labels = scenarios.apply("none", DS.images, DS.labels, KEY)
+    np.testing.assert_array_equal(images, DS.images)
+    np.testing.assert_array_equal(labels, DS.labels)
+
+
+def test_label_swap_moves_only_the_two_classes():
+    images, labels = scenarios.apply("label_swap", DS.images, DS.labels, KEY, 5, a=0, b=1)
+    np.testing.assert_array_equal(images, DS.images)
+    np.testing.assert_array_equal(labels[DS.labels == 0], 1)
+    np.testing.assert_array_equal(labels[DS.labels == 1], 0)
+    np.testing.assert_array_equal(labels[DS.labels >= 2], DS.labels[DS.labels >= 2])
+    _, half = scenarios.apply("label_swap", DS.images, DS.labels, KEY, 2, a=0, b=1)
+    assert 0.3 < (half[DS.labels == 0] == 1).mean() < 0.5  # severity 2 -> 40 %
+
+
+def test_relabel_and_noise_rates():
+    _, relabelled = scenarios.apply("relabel", DS.images, DS.labels, KEY, 5, a=2, b=3)
+    assert (relabelled[DS.labels == 2] == 3).all()
+    np.testing.assert_array_equal(relabelled[DS.labels != 2], DS.labels[DS.labels != 2])
+    _, noisy = scenarios.apply("label_noise", DS.images, DS.labels, KEY, 3)
+    assert 0.15 < (noisy != DS.labels).mean() < 0.3  # 30 % redrawn, 3/4 of them change
+
+
+@pytest.mark.parametrize("kind", ["invert", "rotate", "colour"])
+def test_class_transform_touches_only_class_a(kind):
+    images, labels = scenarios.apply("class_transform", DS.images, DS.labels, KEY, 5, a=1,
+                                     kind=kind)
+    np.testing.assert_array_equal(labels, DS.labels)
+    np.testing.assert_array_equal(images[DS.labels != 1], DS.images[DS.labels != 1])
+    assert (images[DS.labels == 1] != DS.images[DS.labels == 1]).any()
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "blur", "brightness", "contrast",
+                                  "pixelate", "rotation"])
+def test_covariate_corruptions_change_images_not_labels(name):
+    images, labels = scenarios.apply(name, DS.images, DS.labels, KEY, 4)
+    np.testing.assert_array_equal(labels, DS.labels)
+    assert images.dtype == np.uint8 and images.shape == DS.images.shape
+    assert np.abs(images.astype(int) - DS.images).mean() > 1
+    same, _ = scenarios.apply(name, DS.images, DS.labels, KEY, 0)
+    assert np.abs(same.astype(int) - DS.images).mean() < 1  # severity 0: (almost) no change
+
+
+def test_prior_shift_drops_only_the_named_classes():
+    images, labels = scenarios.apply("prior_shift", DS.images, DS.labels, KEY, 5, classes=(0,))
+    counts, before = np.bincount(labels, minlength=4), DS.class_counts()
+    assert counts[0] == round(before[0] * 0.1) and (counts[1:] == before[1:]).all()
+    assert len(images) == len(labels)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(sorted(scenarios.SCENARIOS)), st.integers(0, 5), st.integers(0, 99))
+def test_scenarios_are_pure_and_seeded(name, severity, seed):
+    images, labels = DS.images.copy(), DS.labels.copy()
+    a = scenarios.apply(name, images, labels, jax.random.key(seed), severity)
+    b = scenarios.apply(name, images, labels, jax.random.key(seed), severity)
+    np.testing.assert_array_equal(images, DS.images)  # inputs untouched
+    np.testing.assert_array_equal(labels, DS.labels)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_scenarios():
+    with pytest.raises(DriftJaxError, match="unknown drift scenario"):
+        scenarios.apply("earthquake", DS.images, DS.labels, KEY)
+    with pytest.raises(DriftJaxError, match="severity must lie in 0..5"):
+        scenarios.apply("blur", DS.images, DS.labels, KEY, 7)
+    with pytest.raises(DriftJaxError, match="bad parameters"):
+        scenarios.apply("label_swap", DS.images, DS.labels, KEY, 5, c=3)

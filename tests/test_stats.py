@@ -1,0 +1,59 @@
+import jax
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drift_jax import stats
+
+
+def test_calibrated_p_value_formula():
+    control = np.array([0.9, 0.8, 0.7, 0.95])
+    assert stats.calibrated_p_value(control, 0.5) == 1 / 5  # below every control
+    assert stats.calibrated_p_value(control, 0.8) == 3 / 5  # 0.8 and 0.7 are <= 0.8
+    assert stats.calibrated_p_value(control, 1.0) == 1.0
+    per_class = stats.calibrated_p_value(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0.5, 0.5]))
+    np.testing.assert_allclose(per_class, [1 / 3, 1.0])
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30), st.floats(0, 1), st.floats(0, 1))
+def test_calibrated_p_value_bounds_and_monotonicity(control, a, b):
+    m = len(control)
+    pa, pb = stats.calibrated_p_value(control, a), stats.calibrated_p_value(control, b)
+    assert 1 / (m + 1) <= pa <= 1
+    if a <= b:
+        assert pa <= pb
+
+
+def _holm_direct(p):
+    m, order = len(p), np.argsort(p)
+    adj, running = np.empty(m), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj
+
+
+def _bh_direct(p):
+    m, order = len(p), np.argsort(p)
+    adj = np.empty(m)
+    for rank in range(m):
+        adj[order[rank]] = min(1.0, min(p[order[j]] * m / (j + 1) for j in range(rank, m)))
+    return adj
+
+
+@settings(max_examples=50)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=20))
+def test_corrections_match_direct_computation(p):
+    p = np.array(p)
+    np.testing.assert_allclose(stats.holm(p), _holm_direct(p))
+    np.testing.assert_allclose(stats.benjamini_hochberg(p), _bh_direct(p))
+    assert (stats.holm(p) >= stats.benjamini_hochberg(p) - 1e-12).all()
+
+
+def test_permutation_test_finds_a_shift_and_not_its_absence():
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 1.0, 200)
+    shifted = stats.permutation_test(x, rng.normal(0.0, 1.0, 200), jax.random.key(0))
+    same = stats.permutation_test(x, rng.normal(1.0, 1.0, 200), jax.random.key(0))
+    assert shifted["p_value"] < 0.01 and same["p_value"] > 0.05
+    assert 1 / 2001 <= shifted["p_value"] <= 1
