@@ -139,6 +139,48 @@ def _invert(args) -> int:
     return 0
 
 
+def _add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="the seven steps end to end: is the production concept "
+                                      "different from the base one?")
+    p.add_argument("--config", help="a JSON DetectConfig; flags and --set override it")
+    p.add_argument("--base", help="base data spec (default: digits)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--production", help="production data spec (default: split off the base)")
+    group.add_argument("--production-model", help="a saved production model (stack of one): "
+                                                  "no production data needed")
+    p.add_argument("--scenario", help="drift scenario applied to production data "
+                                      "(default label_swap; 'none' is the honest control)")
+    p.add_argument("--severity", type=int, help="0..5")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any DetectConfig key, e.g. controls=49")
+    p.add_argument("--out", default="runs/detect", help="run folder (default: runs/detect)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_detect)
+
+
+def _detect(args) -> int:
+    from drift_jax import config as config_lib
+    from drift_jax.detect import DetectConfig, detect_drift, summary_lines, write_report
+
+    cfg = config_lib.load_json(DetectConfig, args.config) if args.config else DetectConfig()
+    flags = {"base": args.base, "production": args.production,
+             "production_model": args.production_model, "scenario": args.scenario,
+             "severity": args.severity, "seed": args.seed}
+    cfg = config_lib.with_overrides(
+        cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.set)
+    if cfg.production_model and args.scenario is None:
+        cfg = config_lib.with_overrides(cfg, ['scenario="none"'])
+    print(f"drift-jax detect: base {cfg.base}, production "
+          f"{cfg.production or cfg.production_model or 'split off the base data'}, scenario "
+          f"{cfg.scenario} (severity {cfg.severity}), {cfg.controls} control models", flush=True)
+    report = detect_drift(cfg, progress=not args.quiet)
+    write_report(report, args.out)
+    print("\n".join(summary_lines(report)))
+    print(f"results in {args.out}/ (report.json, summary.md, figures/, gray.npz)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drift-jax", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -148,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_info(data)
     _add_train(sub)
     _add_invert(sub)
+    _add_detect(sub)
     return parser
 
 

@@ -86,3 +86,34 @@ def gray_grid(path: str | Path, images: np.ndarray, class_names: list[str],
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(path, fig)
+
+
+def score_bars(path: str | Path, class_names: list[str], per_class: dict,
+               title: str = "") -> Path:
+    """Per-class membership score of base, production and the control mean."""
+    plt = _pyplot()
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(max(4, len(class_names) * 0.6), 2.8))
+    for i, (key, label) in enumerate([("base", "base"), ("production", "production"),
+                                      ("control_mean", "controls (mean)")]):
+        ax.bar(x + (i - 1) * 0.27, per_class[key], 0.27, label=label)
+    ax.set_xticks(x, class_names, fontsize=7, rotation=45)
+    ax.set_ylabel("member score")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _save(path, fig)
+
+
+def null_distribution(path: str | Path, control_scores: list[float], production: float,
+                      base: float, title: str = "") -> Path:
+    """Control models' scores (the null) with the production and base scores marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    ax.hist(control_scores, bins=max(5, len(control_scores) // 2), color="grey", alpha=0.7,
+            label="controls")
+    ax.axvline(production, color="red", label="production")
+    ax.axvline(base, color="blue", linestyle="--", label="base")
+    ax.set_xlabel("member score")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _save(path, fig)
