@@ -63,12 +63,12 @@ def map_members(fn, mode: str, *args):
     """Applies ``fn`` to every member (leading axis of each arg): batched or one at a time."""
     if mode == "vmap":
         return jax.vmap(fn)(*args)
-    if mode == "map":
+    if mode in ("map", "loop"):  # inside one program, 'loop' can only mean lax.map
         if jax.tree.leaves(args)[0].shape[0] == 1:  # one member: no loop around it
             out = fn(*jax.tree.map(lambda a: a[0], args))
             return jax.tree.map(lambda a: a[None], out)
         return jax.lax.map(lambda a: fn(*a), args)
-    raise DriftJaxError(f"execution.member_mode must be 'vmap' or 'map', got {mode!r}.")
+    raise DriftJaxError(f"execution.member_mode must be 'vmap', 'map' or 'loop', got {mode!r}.")
 
 
 # ----------------------------------------------------------------------------- init
@@ -287,7 +287,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
                             f"{spec.image_shape}; use data of the model's shape.")
     execution = resolve_execution(config.execution)
     spec = dataclasses.replace(spec, conv_form=execution.conv_form, pool_form=execution.pool_form)
-    mesh = mesh or devices_lib.stack_mesh(num_members)
+    loop = execution.member_mode == "loop"
+    # 'loop' dispatches one member at a time, each over all devices (data parallel).
+    mesh = mesh or devices_lib.stack_mesh(1 if loop else num_members)
     batch = config.batch_size
     steps = -(-int(sizes.max()) // batch)
     # Even chunks: at most scan_chunk steps each, and less than one chunk of padded steps.
@@ -300,6 +302,8 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         spec, dataclasses.replace(config, epochs=1), execution, mesh, layout)
     place = lambda *spec_: devices_lib.sharding(mesh, *spec_)
     state = jax.device_put(StackState(variables, opt_init(variables["params"])), place(MODELS))
+    if loop:
+        state = list(_split_members(state, num_members))
     data_images = jax.device_put(images, place())
     data_labels = jax.device_put(np.asarray(labels, np.int32), place())
     member_keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_members))
@@ -314,8 +318,17 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         epoch_start = time.perf_counter()
         schedule = compiled_schedule(member_keys, index_d, sizes_d, epoch)
         totals = []
+        if loop:
+            parts = _split_schedule(schedule, num_members)
         for c in range(num_chunks):
-            state, stats = compiled_chunk(state, data_images, data_labels, schedule, c)
+            if loop:
+                stats = []
+                for m in range(num_members):
+                    state[m], s = compiled_chunk(state[m], data_images, data_labels, parts[m], c)
+                    stats.append(s)
+                stats = _concat_members(stats)
+            else:
+                state, stats = compiled_chunk(state, data_images, data_labels, schedule, c)
             totals.append(stats)
             bar.update()
         loss, correct, count = np.sum([np.asarray(t) for t in totals], axis=0).T
@@ -324,12 +337,32 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         history["epoch_seconds"].append(time.perf_counter() - epoch_start)
         bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.3f}")
     bar.close()
+    if loop:
+        state = _concat_members(state)
     trained = jax.block_until_ready(state.variables)
     seconds = time.perf_counter() - start
     counter.__exit__()
     _check_finite(trained, history)
     return TrainResult(trained, history, seconds, execution, devices_lib.describe(mesh),
                        counter.count)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_members(tree, num_members: int):
+    """A stacked pytree -> one pytree per member, each with a leading axis of 1."""
+    return tuple(jax.tree.map(lambda a, m=m: a[m:m + 1], tree) for m in range(num_members))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_schedule(schedule, num_members: int):
+    """[chunks, chunk, M, B] schedule arrays -> M schedules with a member axis of 1."""
+    return tuple(jax.tree.map(lambda a, m=m: a[:, :, m:m + 1], schedule)
+                 for m in range(num_members))
+
+
+@jax.jit
+def _concat_members(trees):
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
 def _check_finite(variables, history) -> None:

@@ -56,6 +56,16 @@ def test_shadow_attack_beats_chance(overfit):
     assert _auc(attack, ds, members, nonmembers) > 0.6
 
 
+def test_per_class_shadow_attack_models(overfit):
+    ds, spec, target, members, nonmembers, pool = overfit
+    attack = membership.ShadowModels(spec, target, num_shadows=2, per_class=True,
+                                     train=TrainConfig(epochs=2, batch_size=32)).fit(
+        ds.images[pool[:400]], ds.labels[pool[:400]], jax.random.key(0))
+    assert jax.tree.leaves(attack.models.params)[0].shape[0] == 10  # one model per class
+    scores = attack.score(ds.images[:30], ds.labels[:30])
+    assert scores.probability.shape == (30,)
+
+
 def test_lira_online_separates_members(overfit):
     ds, spec, target, members, nonmembers, _ = overfit
     pool = np.concatenate([members[:300], nonmembers[:300]])

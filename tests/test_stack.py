@@ -81,7 +81,8 @@ def test_strategies_compute_the_same_training(tiny):
     ds, spec = tiny
     ref = _train(ds, spec, member_mode="map", scan_chunk=1, conv_form="autodiff", pool_form="flax")
     for execution in [dict(member_mode="vmap", scan_chunk=8), dict(member_mode="map",
-                                                                  scan_chunk=3)]:
+                                                                  scan_chunk=3),
+                      dict(member_mode="loop", scan_chunk=4)]:
         other = _train(ds, spec, **execution)
         for x, y in zip(jax.tree.leaves(ref.variables), jax.tree.leaves(other.variables)):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
