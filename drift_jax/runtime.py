@@ -1,6 +1,6 @@
 """XLA:CPU settings chosen by measurement, and a record of the execution environment.
 
-Measured on the project's 2-core AMD EPYC (Zen 4) machine, jax 0.10.2 (`scripts/bench_train.py`):
+Measured on the project's 2-core CPU machine, jax 0.10.2 (`scripts/bench_train.py`):
 XLA:CPU's YNNPACK fusions (on by default in this jaxlib) made the SeedCNN train step about 2x
 slower (1,100 -> 2,400 images/s with them off). We switch them off unless the user already set the
 flag or opts out with ``DRIFT_JAX_XLA_DEFAULTS=0``. The flag only affects the CPU backend.

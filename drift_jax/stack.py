@@ -34,10 +34,10 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_json
 from drift_jax.models import ModelSpec
 
-# Chosen by `scripts/bench_train.py` (BENCHMARKS.md). On XLA:CPU (2-core Zen 4, jax 0.10.2) a
-# 16-member stack trained fastest with members one after another inside the step: vmapping
-# convolutions over members' weights lowers to grouped convolutions, slower there. On GPU/TPU,
-# vmap batches the members into wide kernels.
+# CPU: chosen by `scripts/bench_train.py` (BENCHMARKS.md) on the project's 2-core machine, jax
+# 0.10.2: members one after another inside the step beat vmap, whose convolutions over members'
+# weights lower to grouped convolutions (about half the rate there). GPU/TPU: vmap batches the
+# members into wide kernels (DESIGN.md); not yet measured here, no GPU has been lent so far.
 EXECUTION_DEFAULTS = {
     "cpu": ExecutionConfig(member_mode="map", scan_chunk=32, conv_form="canonical",
                            pool_form="reshape"),

@@ -18,7 +18,7 @@ def test_overrides_parse_types_and_nest():
 @pytest.mark.parametrize("override, message", [
     ("train.nope=1", "unknown key 'train.nope'"),
     ("models=four", "expected int"),
-    ("train.execution.member_mode=loop", "is not one of"),
+    ("train.execution.member_mode=pmap", "is not one of"),
     ("train.epochs=0", "train.epochs must be >= 1"),
     ("epochs", "must look like key=value"),
 ])

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import struct
 import tarfile
@@ -248,7 +249,9 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     chunk = max(1, len(payload) // (workers * 8))
     chunks = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
     if workers > 1 and len(payload) > 256:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the caller may already run JAX's threads, which fork would deadlock.
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             decoded = [im for part in pool.map(_decode_chunk, chunks) for im in part]
     else:
         decoded = _decode_chunk(payload)
