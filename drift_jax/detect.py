@@ -265,10 +265,14 @@ def detect_drift(config: DetectConfig, base: Dataset | None = None,
                                       jax.random.fold_in(k_test, i))
         lap(f"attack_{name}")
 
-    # Step 7: the calibrated decision.
+    # Step 7: the calibrated decision. Classes are named only when the global test rejects
+    # (gatekeeping): per-image permutation p-values ignore the between-model variance, so on
+    # their own they would name classes of an undrifted production model too often.
     primary = attacks[config.primary_attack]
+    is_drift = bool(primary["p_value"] <= config.alpha)
     corrected = np.asarray(primary["per_class"]["p_value_corrected"])
-    drifted = [base.class_names[c] for c in np.flatnonzero(corrected <= config.alpha)]
+    drifted = [base.class_names[c] for c in np.flatnonzero(corrected <= config.alpha)
+               if is_drift]
 
     found = {}
     if "disagreement" in config.baselines:
@@ -289,7 +293,7 @@ def detect_drift(config: DetectConfig, base: Dataset | None = None,
     lap("baselines")
     timings["total"] = sum(timings.values())
     return DriftReport(
-        is_drift=bool(primary["p_value"] <= config.alpha), p_value=primary["p_value"],
+        is_drift=is_drift, p_value=primary["p_value"],
         drifted_classes=drifted, attacks=attacks, baselines=found, accuracy=accuracy,
         timings=timings, config=to_dict(config), class_names=list(base.class_names),
         scenario=scenario, environment=runtime.environment(), gray=gray)

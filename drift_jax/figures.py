@@ -99,7 +99,8 @@ def score_bars(path: str | Path, class_names: list[str], per_class: dict,
         ax.bar(x + (i - 1) * 0.27, per_class[key], 0.27, label=label)
     ax.set_xticks(x, class_names, fontsize=7, rotation=45)
     ax.set_ylabel("member score")
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.25)
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.set_title(title, fontsize=9)
     return _save(path, fig)
 
