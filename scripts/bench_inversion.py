@@ -17,7 +17,6 @@ section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ import miface_reference  # noqa: E402
 from bench_common import conv_rate, machine, update_section  # noqa: E402
 
 from drift_jax import stack  # noqa: E402
+from drift_jax.files import atomic_write_json  # noqa: E402
 from drift_jax.inversion import InversionConfig, MIFaceConfig, invert  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
 
@@ -158,9 +158,7 @@ def main() -> None:
     print(f"  {c['image_iterations_per_second']:.0f} image-iterations/s, "
           f"{achieved:.1f} GFLOP/s = {r['c_protocol']['fraction_of_conv_rate']:.2f} of conv",
           flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
+    out = atomic_write_json(args.out, r)
     write_markdown(r)
     print(f"wrote {out} and BENCHMARKS.md")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from bench_common import machine, update_section  # noqa: E402
 
 from drift_jax import data, membership, stack  # noqa: E402
 from drift_jax.config import TrainConfig  # noqa: E402
+from drift_jax.files import atomic_write_json  # noqa: E402
 from drift_jax.membership.shadow import balanced_keep, train_shadows  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
 
@@ -139,9 +139,7 @@ def main() -> None:
         r["b_vs_art"]["shadow_training_speedup"] = b_art["shadow_seconds"] / b_ours[
             "shadow_seconds"]
     print(f"  {r['b_vs_art']}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
+    out = atomic_write_json(args.out, r)
     write_markdown(r)
     print(f"wrote {out} and BENCHMARKS.md")
 

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import machine, update_section  # noqa: E402
 
+from drift_jax.files import atomic_write_json  # noqa: E402
+
 YNN_OFF = ("--xla_cpu_experimental_ynn_fusion_type="
            "-individual_convolution,-reduce,-dot,-eltwise,-individual_dot")
 
@@ -241,9 +243,7 @@ def main() -> None:
     print(f"  1 device {one['seconds']:.1f} s, 4 devices {four['seconds']:.1f} s, "
           f"max rel diff {diff:.2e}", flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = atomic_write_json(args.out, results)
     write_markdown(results)
     print(f"wrote {out} and BENCHMARKS.md")
 
