@@ -33,9 +33,13 @@ GRID = [("digits", "none", 0), ("digits", "label_swap", 5), ("mnist", "none", 0)
         ("mnist", "label_swap", 5), ("digits", "label_swap", 2), ("digits", "relabel", 5),
         ("digits", "label_noise", 5), ("digits", "class_transform", 5),
         ("digits", "gaussian_noise", 5), ("digits", "prior_shift", 5)]
-# MNIST runs a lighter recipe to fit the grid into the CPU budget.
-OVERRIDES = {"digits": [], "mnist": ["train.epochs=3", "inversion.samples_per_class=4",
-                                     "inversion.miface.max_iter=200"]}
+# MNIST: a lighter training recipe, and regularised inversion. Parity MIFace cut to 200
+# iterations from a uniform start (an earlier run of this grid) kept the false-positive rate at
+# 0/10 but found the label swap in 1 of 3 seeds: its 28x28 gray images did not transfer.
+OVERRIDES = {"digits": [], "mnist": [
+    "train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
+    "inversion.regularized.steps=300", "inversion.regularized.learning_rate=0.1",
+    "inversion.regularized.flip=false"]}
 
 
 def one_run(ds, name: str, scenario: str, severity: int, seed: int) -> dict:
@@ -50,6 +54,7 @@ def one_run(ds, name: str, scenario: str, severity: int, seed: int) -> dict:
                   for a, r in report.attacks.items()})
     flags.update({f"baseline:{b}": r["is_drift"] for b, r in report.baselines.items()})
     return {"flags": flags, "p_value": report.p_value, "drifted_classes": report.drifted_classes,
+            "overrides": OVERRIDES[name],
             "seconds": time.perf_counter() - start, "accuracy": report.accuracy["base"]}
 
 
