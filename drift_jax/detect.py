@@ -153,17 +153,17 @@ def _build_attack(name: str, config: DetectConfig, spec: ModelSpec, base_vars: d
     members = rng.choice(base_ix, n_fit, replace=False)
     nonmembers = rng.choice(holdout_ix, n_fit, replace=False)
     if name == "rule_based":
-        return membership.RuleBased(spec, base_vars), (members, nonmembers)
+        return membership.RuleBased(spec, base_vars)
     if name == "black_box":
         return membership.BlackBox(spec, base_vars).fit(
             base.images[members], base.labels[members], base.images[nonmembers],
-            base.labels[nonmembers], key), (members, nonmembers)
+            base.labels[nonmembers], key)
     pool = np.concatenate([reference_ix, holdout_ix])
     if name == "shadow":
         attack = membership.ShadowModels(spec, base_vars, config.num_shadows, config.train)
     else:
         attack = membership.LiRA(spec, base_vars, config.num_shadows, config.train)
-    return attack.fit(base.images[pool], base.labels[pool], key), (members, nonmembers)
+    return attack.fit(base.images[pool], base.labels[pool], key)
 
 
 def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
@@ -259,7 +259,7 @@ def detect_drift(config: DetectConfig, base: Dataset | None = None,
     base_vars = stack.member(trained, slice(0, 1))
     attacks = {}
     for i, name in enumerate(config.attacks):
-        attack, _ = _build_attack(name, config, spec, base_vars, base, base_ix, reference_ix,
+        attack = _build_attack(name, config, spec, base_vars, base, base_ix, reference_ix,
                                   holdout_ix, jax.random.fold_in(k_attack, i))
         attacks[name] = _score_attack(attack, gray, config, production_index, controls,
                                       jax.random.fold_in(k_test, i))

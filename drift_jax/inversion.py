@@ -274,18 +274,24 @@ def _programs(spec: ModelSpec, config: InversionConfig, member_mode: str, chunk:
         return (x0, jax.vmap(tx.init)(x0), x0, jnp.full((n, num_images), jnp.inf),
                 jnp.zeros((n, num_images), jnp.int32))
 
+    def target_probability(v, x, targets):
+        p = jax.nn.softmax(module.apply(v, x, train=False))
+        return jnp.take_along_axis(p, targets[:, None], 1)[:, 0]
+
     @jax.jit
     def confidence(variables, x, targets):
+        return map_members(lambda v, xm: target_probability(v, xm, targets), member_mode,
+                           variables, x)
+
+    @jax.jit
+    def gradient_norm(variables, x, targets):
         def one(v, xm):
-            p = jax.nn.softmax(module.apply(v, xm, train=False))
-            return jnp.take_along_axis(p, targets[:, None], 1)[:, 0], jnp.linalg.norm(
-                jax.grad(lambda z: jnp.take_along_axis(
-                    jax.nn.softmax(module.apply(v, z, train=False)), targets[:, None],
-                    1).sum())(xm).reshape(xm.shape[0], -1), axis=1)
+            g = jax.grad(lambda z: target_probability(v, z, targets).sum())(xm)
+            return jnp.linalg.norm(g.reshape(xm.shape[0], -1), axis=1)
 
         return map_members(one, member_mode, variables, x)
 
-    return run_chunk, init_state, confidence
+    return run_chunk, init_state, confidence, gradient_norm
 
 
 def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, key: jax.Array,
@@ -320,15 +326,15 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
     num_chunks = -(-n_iter // execution.scan_chunk)
     chunk = -(-n_iter // num_chunks)
     has_bn = "batch_stats" in variables
-    run_chunk, init_state, confidence = _programs(spec, config, execution.member_mode, chunk, k,
-                                                  has_bn)
+    run_chunk, init_state, confidence, gradient_norm = _programs(
+        spec, config, execution.member_mode, chunk, k, has_bn)
     init_key, loop_key = jax.random.split(key)
     if config.method == "miface":
         x0 = _miface_init(config.miface, shape, init_key, mean_image)
     else:
         x0 = jnp.clip(0.5 + config.regularized.init_std * jax.random.normal(init_key, shape),
                       0.0, 1.0)
-    _, grad_norm = confidence(variables, x0, targets)
+    grad_norm = gradient_norm(variables, x0, targets)
     dead = np.argwhere(np.asarray(grad_norm).reshape(m, c, s).max(-1) == 0)
     if dead.size:
         pairs = ", ".join(f"model {a} class {classes[b]}" for a, b in dead[:8])
@@ -344,7 +350,7 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
             state, trace = run_chunk(variables, state, targets, i * chunk, n_iter, member_keys)
             traces.append(trace)
         images = state[2] if config.method == "regularized" else state[0]
-        conf, _ = confidence(variables, images, targets)
+        conf = confidence(variables, images, targets)
         images, conf = jax.device_get((images, conf))
     seconds = time.perf_counter() - start
     steps = np.asarray(state[-1])

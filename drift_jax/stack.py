@@ -309,39 +309,41 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     member_keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_members))
     index_d, sizes_d = jnp.asarray(index), jnp.asarray(sizes)
 
+    def run_chunk(state, schedule, c):
+        """One chunk of steps for the whole stack; 'loop' dispatches member by member."""
+        if not loop:
+            return compiled_chunk(state, data_images, data_labels, schedule, c)
+        stats = []
+        for m, part in enumerate(schedule):
+            state[m], member_stats = compiled_chunk(state[m], data_images, data_labels, part, c)
+            stats.append(member_stats)
+        return state, _concat_members(stats)
+
     history = {"loss": [], "accuracy": [], "epoch_seconds": []}
     start = time.perf_counter()
-    counter = runtime.CompileCounter().__enter__()
-    bar = tqdm(total=config.epochs * num_chunks, desc=f"train {num_members}x{spec.arch}",
-               unit="chunk", disable=not progress, leave=False)
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        schedule = compiled_schedule(member_keys, index_d, sizes_d, epoch)
-        totals = []
-        if loop:
-            parts = _split_schedule(schedule, num_members)
-        for c in range(num_chunks):
+    with runtime.CompileCounter() as counter:
+        bar = tqdm(total=config.epochs * num_chunks, desc=f"train {num_members}x{spec.arch}",
+                   unit="chunk", disable=not progress, leave=False)
+        for epoch in range(config.epochs):
+            epoch_start = time.perf_counter()
+            schedule = compiled_schedule(member_keys, index_d, sizes_d, epoch)
             if loop:
-                stats = []
-                for m in range(num_members):
-                    state[m], s = compiled_chunk(state[m], data_images, data_labels, parts[m], c)
-                    stats.append(s)
-                stats = _concat_members(stats)
-            else:
-                state, stats = compiled_chunk(state, data_images, data_labels, schedule, c)
-            totals.append(stats)
-            bar.update()
-        loss, correct, count = np.sum([np.asarray(t) for t in totals], axis=0).T
-        history["loss"].append((loss / np.maximum(count, 1)).tolist())
-        history["accuracy"].append((correct / np.maximum(count, 1)).tolist())
-        history["epoch_seconds"].append(time.perf_counter() - epoch_start)
-        bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.3f}")
-    bar.close()
-    if loop:
-        state = _concat_members(state)
-    trained = jax.block_until_ready(state.variables)
-    seconds = time.perf_counter() - start
-    counter.__exit__()
+                schedule = _split_schedule(schedule, num_members)
+            totals = []
+            for c in range(num_chunks):
+                state, stats = run_chunk(state, schedule, c)
+                totals.append(stats)
+                bar.update()
+            loss, correct, count = np.sum([np.asarray(t) for t in totals], axis=0).T
+            history["loss"].append((loss / np.maximum(count, 1)).tolist())
+            history["accuracy"].append((correct / np.maximum(count, 1)).tolist())
+            history["epoch_seconds"].append(time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{np.mean(history['loss'][-1]):.3f}")
+        bar.close()
+        if loop:
+            state = _concat_members(state)
+        trained = jax.block_until_ready(state.variables)
+        seconds = time.perf_counter() - start
     _check_finite(trained, history)
     return TrainResult(trained, history, seconds, execution, devices_lib.describe(mesh),
                        counter.count)

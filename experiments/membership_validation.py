@@ -81,10 +81,8 @@ def main() -> None:
         ds.images, ds.labels, k_attack, shadows=shadows, keep=keep)
     scores["shadow"] = shadow_attack.score(ds.images, ds.labels).probability
     timings["shadow_attack"] = time.perf_counter() - start
-    lira = membership.LiRA(spec, target, num_shadows=args.shadows)
-    lira.keep, lira.shadows = keep, shadows
-    lira.pool_statistics = membership.lira.statistics(spec, shadows, ds.images.astype(
-        np.float32) / 255, ds.labels)
+    lira = membership.LiRA(spec, target, num_shadows=args.shadows).fit(
+        ds.images, ds.labels, k_shadow, shadows=shadows, keep=keep)
     for variant in ("online", "offline"):
         scores[f"lira_{variant}"] = lira.score_pool(ds.images, ds.labels, variant)
     lira.fix_variance = True

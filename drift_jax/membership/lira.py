@@ -25,7 +25,7 @@ from scipy import special, stats
 from drift_jax.config import TrainConfig
 from drift_jax.errors import DriftJaxError
 from drift_jax.membership.base import MembershipScores, as_float_images, check_labels, stack_logits
-from drift_jax.membership.shadow import balanced_keep, train_shadows
+from drift_jax.membership.shadow import shadows_for
 from drift_jax.models import ModelSpec
 
 
@@ -88,12 +88,12 @@ class LiRA:
     shadows: dict | None = None
 
     def fit(self, pool_images: np.ndarray, pool_labels: np.ndarray, key: jax.Array,
-            progress: bool = False) -> LiRA:
+            progress: bool = False, shadows: dict | None = None,
+            keep: np.ndarray | None = None) -> LiRA:
+        """Trains K shadows on balanced halves of the pool, or reuses ``shadows`` + ``keep``."""
         labels = check_labels(pool_labels, len(pool_images), self.spec.num_classes)
-        keep_key, train_key = jax.random.split(key)
-        self.keep = balanced_keep(self.num_shadows, len(pool_images), keep_key)
-        self.shadows = train_shadows(self.spec, pool_images, labels, self.keep, self.train,
-                                     train_key, progress)
+        self.shadows, self.keep = shadows_for(self.spec, self.num_shadows, pool_images, labels,
+                                              self.train, key, progress, shadows, keep)
         self.pool_statistics = statistics(
             self.spec, self.shadows, as_float_images(pool_images, self.spec.image_shape), labels)
         return self

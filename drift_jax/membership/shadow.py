@@ -45,6 +45,20 @@ def train_shadows(spec: ModelSpec, images: np.ndarray, labels: np.ndarray, keep:
                              progress=progress).variables
 
 
+def shadows_for(spec: ModelSpec, num_shadows: int, images: np.ndarray, labels: np.ndarray,
+                config: TrainConfig, key: jax.Array, progress: bool = False,
+                shadows: dict | None = None, keep: np.ndarray | None = None):
+    """(shadows, keep): trained here on a balanced keep matrix, or the given pair checked and
+    reused (so LiRA and the Shokri attack can share one stack, as in Carlini et al.)."""
+    if shadows is not None:
+        if keep is None or keep.shape != (num_shadows, len(images)):
+            raise DriftJaxError("reusing shadows needs their keep matrix [num_shadows, n].")
+        return shadows, keep
+    keep_key, train_key = jax.random.split(key)
+    keep = balanced_keep(num_shadows, len(images), keep_key)
+    return train_shadows(spec, images, labels, keep, config, train_key, progress), keep
+
+
 @dataclasses.dataclass
 class ShadowModels:
     spec: ModelSpec
@@ -71,15 +85,11 @@ class ShadowModels:
         if len(pool_images) < 2 * self.spec.num_classes:
             raise DriftJaxError(f"the shadow pool has {len(pool_images)} images; it needs at "
                                 f"least {2 * self.spec.num_classes} to train shadow models.")
-        keep_key, train_key, attack_key = jax.random.split(key, 3)
-        if shadows is None:
-            keep = balanced_keep(self.num_shadows, len(pool_images), keep_key)
-            start = time.perf_counter()
-            shadows = train_shadows(self.spec, pool_images, labels, keep, self.train, train_key,
-                                    progress)
-            self.shadow_seconds = time.perf_counter() - start
-        elif keep is None or keep.shape != (self.num_shadows, len(pool_images)):
-            raise DriftJaxError("reusing shadows needs their keep matrix [num_shadows, n].")
+        shadow_key, attack_key = jax.random.split(key)
+        start = time.perf_counter()
+        shadows, keep = shadows_for(self.spec, self.num_shadows, pool_images, labels, self.train,
+                                    shadow_key, progress, shadows, keep)
+        self.shadow_seconds = time.perf_counter() - start
         x = as_float_images(pool_images, self.spec.image_shape)
         feats = output_features(stack_logits(self.spec, shadows, x), self.output)  # [K, n, C]
         feats = feats.reshape(-1, feats.shape[-1])
