@@ -181,6 +181,62 @@ def _detect(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of detect configs, one run folder per point "
+                                     "(resumable; seeds of one point stacked)")
+    p.add_argument("config", nargs="?", help="a sweep JSON ({detect, grid}) or a DetectConfig "
+                                             "JSON (default: DetectConfig())")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="sweep a config key, e.g. seed=0,1,2 or scenario=none,label_swap")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the detect config for every point")
+    p.add_argument("--out", required=True, help="sweep folder (runs/<id>/ inside)")
+    p.add_argument("--task-index", type=int, help="this task (default: SLURM_ARRAY_TASK_ID, "
+                                                  "else 0)")
+    p.add_argument("--num-tasks", type=int, help="tasks sharing the sweep (default: the SLURM "
+                                                 "array size, else 1)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args) -> int:
+    import dataclasses
+
+    from drift_jax import config as config_lib
+    from drift_jax import sweep as sweep_lib
+
+    cfg = sweep_lib.load(args.config) if args.config else sweep_lib.SweepConfig()
+    cfg = dataclasses.replace(cfg, detect=config_lib.with_overrides(cfg.detect, args.set),
+                              grid={**cfg.grid, **sweep_lib.parse_grid(args.grid)})
+    total = len(sweep_lib.points(cfg))
+    print(f"drift-jax sweep: {total} point(s) over {', '.join(cfg.grid) or 'no grid'}; "
+          f"folder {args.out}", flush=True)
+    result = sweep_lib.run_sweep(cfg, args.out, args.task_index, args.num_tasks,
+                                 progress=not args.quiet)
+    print(f"ran {len(result['ran'])}, already finished {len(result['skipped'])}, "
+          f"{result['other_tasks']} group(s) left to other tasks; {result['seconds']:.0f} s")
+    print(f"summarise with: drift-jax report {args.out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="tables (CSV, Markdown) and figures over every finished "
+                                      "run under a folder")
+    p.add_argument("sweep_dir")
+    p.add_argument("--out", help="default: SWEEP_DIR/report")
+    p.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from drift_jax import report as report_lib
+
+    summary = report_lib.write(args.sweep_dir, args.out)
+    print(report_lib.markdown(summary["group_keys"], summary["methods"], summary["groups"]))
+    print(f"{summary['runs']} run(s); tables and figures in "
+          f"{args.out or Path(args.sweep_dir) / 'report'}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drift-jax", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -191,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_invert(sub)
     _add_detect(sub)
+    _add_sweep(sub)
+    _add_report(sub)
     return parser
 
 
@@ -202,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except DriftJaxError as e:
         if args.debug:
             raise
-        print(f"drift-jax: error: {e}", file=sys.stderr)
+        one_line = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        print(f"drift-jax: error: {one_line}", file=sys.stderr)
         return 2
 
 

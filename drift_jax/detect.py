@@ -16,7 +16,9 @@ splits and controls. Only this module knows all seven steps.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -49,6 +51,7 @@ class DetectConfig:
     base: str = "digits"
     production: str | None = None  # a spec; None: split production data off the base data
     production_model: str | None = None  # a checkpoint: then no production data is needed
+    holdout: str | None = None  # a spec (e.g. a test split); None: hold out part of the base
     scenario: str = "label_swap"  # applied to the production data; 'none' is the control
     severity: int = 5
     scenario_params: dict = dataclasses.field(default_factory=dict)
@@ -78,8 +81,9 @@ class DetectConfig:
                                 f"{self.primary_attack!r}.")
         if set(self.baselines) - set(BASELINES):
             raise DriftJaxError(f"baselines must come from {', '.join(BASELINES)}.")
-        if self.controls < 1:
-            raise DriftJaxError("controls must be >= 1 (the p-value needs a null).")
+        if self.controls < 0:
+            raise DriftJaxError("controls must be >= 0 (0: no calibrated test, the original "
+                                "protocol's seed rule decides).")
         if self.production and self.production_model:
             raise DriftJaxError("give production data or a production model, not both.")
         if not 0 < self.alpha < 1:
@@ -109,20 +113,42 @@ class DriftReport:
         return out
 
 
-def _splits(config: DetectConfig, base: Dataset, with_production: bool):
-    """Index arrays (base, production or None, reference, holdout) into ``base``."""
-    fractions = [config.base_fraction, config.reference_fraction]
+def _with_holdout(config: DetectConfig, base: Dataset) -> tuple[Dataset, np.ndarray | None]:
+    """The image pool (base data, then ``config.holdout`` data when given) and the held-out
+    indices into it (None: hold out a stratified part of the base data)."""
+    if not config.holdout:
+        return base, None
+    held = data_lib.load(config.holdout)
+    if held.image_shape != base.image_shape or held.num_classes != base.num_classes:
+        raise DriftJaxError(f"holdout data ({held.image_shape}, {held.num_classes} classes) does "
+                            f"not match the base data ({base.image_shape}, {base.num_classes}).")
+    pool = Dataset(np.concatenate([base.images, held.images]),
+                   np.concatenate([base.labels, held.labels]), base.class_names,
+                   f"{base.name}+{held.name}")
+    return pool, len(base) + np.arange(len(held))
+
+
+def _splits(config: DetectConfig, labels: np.ndarray, num_classes: int, with_production: bool,
+            holdout_ix: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    """Index arrays base, production (None unless split off), reference (empty without
+    controls) and holdout into the pool; ``labels`` are the base data's."""
+    parts = {"base": config.base_fraction}
     if with_production:
-        fractions.insert(1, config.production_fraction)
-    holdout = 1 - sum(fractions)
-    if holdout <= 0:
-        raise DriftJaxError("base, production and reference fractions leave no held-out data; "
-                            "make them sum to less than 1.")
-    parts = data_lib.stratified_split(base.labels, [*fractions, holdout], config.seed,
-                                      base.num_classes)
-    if with_production:
-        return parts
-    return parts[0], None, parts[1], parts[2]
+        parts["production"] = config.production_fraction
+    if config.controls:
+        parts["reference"] = config.reference_fraction
+    if holdout_ix is None:
+        rest = 1 - sum(parts.values())
+        if rest <= 1e-9:
+            raise DriftJaxError("base, production and reference fractions leave no held-out "
+                                "data; make them sum to less than 1, or give a holdout spec.")
+        parts["holdout"] = rest
+    split = dict(zip(parts, data_lib.stratified_split(labels, list(parts.values()), config.seed,
+                                                      num_classes)))
+    split.setdefault("production", None)
+    split.setdefault("reference", np.zeros(0, np.int64))
+    split.setdefault("holdout", holdout_ix)
+    return split
 
 
 def _production_data(config: DetectConfig, base: Dataset, production: Dataset | None,
@@ -168,6 +194,8 @@ def _build_attack(name: str, config: DetectConfig, spec: ModelSpec, base_vars: d
 
 def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
                   controls: np.ndarray, key) -> dict:
+    """Scores of one attack on a seed's gray data [base, production, controls...]; without
+    controls the p-values are None and only the seed rule and the permutation test decide."""
     m, c, s = gray.images.shape[:3]
     flat = gray.images.reshape(m * c * s, *gray.images.shape[3:])
     scores = attack.score(flat, gray.labels.reshape(-1))
@@ -175,142 +203,278 @@ def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
     flagged = scores.decision.reshape(m, c, s).astype(float)
     per_class = prob.mean(2)  # [models, classes]
     overall = per_class.mean(1)
-    p_value = float(stats_lib.calibrated_p_value(overall[controls], overall[production]))
-    class_p = stats_lib.calibrated_p_value(per_class[controls], per_class[production])
-    # Localisation: a rank among M controls cannot survive a correction over C classes unless
-    # M >= C / alpha, so each class compares the production model's per-image scores with the
-    # pooled per-image scores of the controls by permutation, then corrects over classes.
-    class_perm = np.array([stats_lib.permutation_test(
-        prob[controls, k].ravel(), prob[production, k].ravel(), jax.random.fold_in(key, k),
-        config.permutations)["p_value"] for k in range(c)])
-    corrected = stats_lib.CORRECTIONS[config.correction](class_perm)
     perm = stats_lib.permutation_test(prob[0].ravel(), prob[production].ravel(), key,
                                       config.permutations)
     base_frac, prod_frac = flagged[0].mean(), flagged[production].mean()
+    calibrated = {"p_value": None, "p_value_rank": None, "p_value_corrected": None,
+                  "class_p": None}
+    if len(controls):
+        # Localisation: a rank among M controls cannot survive a correction over C classes
+        # unless M >= C / alpha, so each class compares the production model's per-image scores
+        # with the pooled per-image scores of the controls by permutation, then corrects.
+        class_perm = np.array([stats_lib.permutation_test(
+            prob[controls, k].ravel(), prob[production, k].ravel(), jax.random.fold_in(key, k),
+            config.permutations)["p_value"] for k in range(c)])
+        calibrated = {
+            "p_value": float(stats_lib.calibrated_p_value(overall[controls],
+                                                          overall[production])),
+            "p_value_rank": stats_lib.calibrated_p_value(per_class[controls],
+                                                         per_class[production]).tolist(),
+            "class_p": class_perm.tolist(),
+            "p_value_corrected": stats_lib.CORRECTIONS[config.correction](class_perm).tolist()}
     return {
         "base_score": float(overall[0]), "production_score": float(overall[production]),
-        "control_scores": overall[controls].tolist(), "p_value": p_value,
+        "control_scores": overall[controls].tolist(), "p_value": calibrated["p_value"],
         "base_member_fraction": float(base_frac), "production_member_fraction": float(prod_frac),
         "per_class": {"base": per_class[0].tolist(), "production": per_class[production].tolist(),
-                      "control_mean": per_class[controls].mean(0).tolist(),
-                      "p_value_rank": class_p.tolist(), "p_value": class_perm.tolist(),
-                      "p_value_corrected": corrected.tolist()},
+                      "control_mean": (per_class[controls].mean(0).tolist() if len(controls)
+                                       else None),
+                      "p_value_rank": calibrated["p_value_rank"],
+                      "p_value": calibrated["class_p"],
+                      "p_value_corrected": calibrated["p_value_corrected"]},
         "permutation_test": perm,
         "seed_rule": {"ratio": SEED_RULE_RATIO,
                       "is_drift": bool(prod_frac < SEED_RULE_RATIO * base_frac)},
     }
 
 
+@dataclasses.dataclass
+class _SeedPlan:
+    """One seed's data: splits into the pool, its (drifted) production data, control subsets."""
+
+    config: DetectConfig
+    split: dict
+    production: Dataset | None
+    scenario: dict
+    control_ix: list[np.ndarray]
+    keys: dict  # init, train, invert, attack, test
+
+    @property
+    def group_size(self) -> int:  # base, production, controls
+        return 2 + self.config.controls
+
+
+def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
+          holdout_ix: np.ndarray | None, production: Dataset | None) -> _SeedPlan:
+    split_production = production is None and not config.production and \
+        not config.production_model
+    split = _splits(config, base_labels, pool.num_classes, split_production, holdout_ix)
+    prod_data, scenario = _production_data(config, pool, production, split["production"])
+    size = len(prod_data) if prod_data is not None else len(split["base"])
+    reference = split["reference"]
+    if config.controls and len(reference) < size:
+        raise DriftJaxError(
+            f"the reference pool has {len(reference)} images, fewer than the {size} each control "
+            "model must train on (the production data's size); raise reference_fraction or "
+            "lower production_fraction / base_fraction.")
+    rng = np.random.default_rng(config.seed + 1)
+    control_ix = [rng.choice(reference, size, replace=False) for _ in range(config.controls)]
+    keys = dict(zip(("init", "train", "invert", "attack", "test"),
+                    jax.random.split(jax.random.key(config.seed), 5)))
+    return _SeedPlan(config, split, prod_data, scenario, control_ix, keys)
+
+
+def _member_keys(key: jax.Array, n: int) -> jax.Array:
+    return jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(n))
+
+
+def _train_all(spec: ModelSpec, config: DetectConfig, pool: Dataset, plans: list[_SeedPlan],
+               production_model: dict | None, progress: bool) -> dict:
+    """Steps 1-2 and the controls for every seed: one stack on one device-resident image array
+    (each seed's production images appended). Members per seed: base, production, controls;
+    each member's keys depend on its seed and role only, so stacking seeds changes nothing."""
+    images, labels, offset = [pool.images], [pool.labels], len(pool)
+    indices, init_keys, train_keys = [], [], []
+    with_production = plans[0].production is not None
+    for plan in plans:
+        roles = [plan.split["base"]]
+        if with_production:
+            images.append(plan.production.images)
+            labels.append(plan.production.labels)
+            roles.append(offset + np.arange(len(plan.production)))
+            offset += len(plan.production)
+        roles += plan.control_ix
+        # A given production model takes role 1: trained members skip it, keys keep their role.
+        role_ids = np.array([0, *range(2 - with_production, plan.group_size)])
+        indices += roles
+        init_keys.append(_member_keys(plan.keys["init"], plan.group_size)[role_ids])
+        train_keys.append(_member_keys(plan.keys["train"], plan.group_size)[role_ids])
+    variables = stack.init_stack(spec, jax.numpy.concatenate(init_keys))
+    trained = stack.train_stack(spec, variables, np.concatenate(images), np.concatenate(labels),
+                                indices, config.train, jax.numpy.concatenate(train_keys),
+                                progress=progress).variables
+    if with_production:
+        return trained
+    one = stack.member(production_model, slice(0, 1))
+    groups, step = [], plans[0].group_size - 1
+    for g in range(len(plans)):
+        part = stack.member(trained, slice(g * step, (g + 1) * step))
+        groups.append(jax.tree.map(lambda t, p: np.concatenate([t[:1], p, t[1:]]), part, one))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *groups)
+
+
+TRAINING_KEYS = ("base", "production", "production_model", "holdout", "scenario", "severity",
+                 "scenario_params", "arch", "base_fraction", "production_fraction",
+                 "reference_fraction", "controls", "train")
+
+
+class TrainedCache:
+    """The trained stacks of the last few calls, keyed by everything training depends on: a
+    sweep over inversion, attack or test settings trains once per seed group, not per point."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._items = size, collections.OrderedDict()
+
+    @staticmethod
+    def key(config: DetectConfig, seeds: list[int]) -> str:
+        fields = {k: to_dict(config)[k] for k in TRAINING_KEYS}
+        return json.dumps({**fields, "seeds": seeds}, sort_keys=True)
+
+    def get(self, key: str):
+        if key in self._items:
+            self._items.move_to_end(key)
+        return self._items.get(key)
+
+    def put(self, key: str, trained) -> None:
+        self._items[key] = trained
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
 def detect_drift(config: DetectConfig, base: Dataset | None = None,
                  production: Dataset | None = None, progress: bool = True) -> DriftReport:
     """Runs the seven steps; see the module docstring. Returns a `DriftReport`."""
-    timings: dict[str, float] = {}
+    return detect_drift_seeds(config, [config.seed], base, production, progress)[0]
+
+
+def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
+                       production: Dataset | None = None, progress: bool = True,
+                       cache: TrainedCache | None = None) -> list[DriftReport]:
+    """`detect_drift` for several seeds of one config as one stack: S seeds x (2 + M) models
+    train as one program and invert as one program; attacks and tests then run per seed.
+    Each report equals the one a single-seed run gives (keys depend on seed and role only).
+    With a ``cache``, a stack trained by an earlier call of the same training settings is
+    reused (``timings["train_reused"]`` says so)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DriftJaxError(f"seeds must be distinct and non-empty, got {seeds}.")
     clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
-
     base = base if base is not None else data_lib.load(config.base)
-    split_production = production is None and not config.production and \
-        not config.production_model
-    base_ix, prod_ix, reference_ix, holdout_ix = _splits(config, base, split_production)
-    prod_data, scenario = _production_data(config, base, production, prod_ix)
+    pool, holdout_ix = _with_holdout(config, base)
+    plans = [_plan(dataclasses.replace(config, seed=s), pool, base.labels, holdout_ix,
+                   production) for s in seeds]
     spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
-    key = jax.random.key(config.seed)
-    k_init, k_train, k_inv, k_attack, k_test = jax.random.split(key, 5)
+    production_model = None
+    if config.production_model:  # checked before any training
+        production_model = stack.load_stack(config.production_model, expect=spec)[1]
+    shared = {"data": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    cache_key = TrainedCache.key(config, seeds) if cache is not None else None
+    trained = cache.get(cache_key) if cache is not None else None
+    shared["train_reused"] = int(trained is not None)
+    if trained is None:
+        trained = _train_all(spec, config, pool, plans, production_model, progress)
+        if cache is not None:
+            cache.put(cache_key, trained)
+    shared["train"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    # Steps 3-4: gray data of every model of every seed, one program.
+    inv_keys = jax.numpy.concatenate([_member_keys(p.keys["invert"], p.group_size)
+                                      for p in plans])
+    gray = invert(spec, trained, range(base.num_classes), config.inversion, inv_keys,
+                  progress=progress)
+    shared["invert"] = time.perf_counter() - clock
+    reports = []
+    for g, plan in enumerate(plans):
+        members = np.arange(g * plan.group_size, (g + 1) * plan.group_size)
+        group = stack.member(trained, members)
+        report = _decide(spec, plan, pool, group, gray.select(members))
+        report.timings = {**shared, **report.timings, "seeds_sharing_train_and_invert":
+                          len(seeds)}
+        report.timings["total"] = sum(v for k, v in report.timings.items() if k not in (
+            "total", "seeds_sharing_train_and_invert", "train_reused"))
+        reports.append(report)
+    return reports
 
-    # Steps 1-2 and the controls: one stack, one image array on the device.
-    images, labels = base.images, base.labels
-    indices = [base_ix]
-    if prod_data is not None:
-        images = np.concatenate([base.images, prod_data.images])
-        labels = np.concatenate([base.labels, prod_data.labels])
-        indices.append(len(base) + np.arange(len(prod_data)))
-        control_size = len(prod_data)
-    else:
-        control_size = len(base_ix)
-    rng = np.random.default_rng(config.seed + 1)
-    replace = control_size > len(reference_ix)
-    indices += [rng.choice(reference_ix, control_size, replace=replace)
-                for _ in range(config.controls)]
-    variables = stack.init_stack(spec, jax.random.split(k_init, len(indices)))
-    trained = stack.train_stack(spec, variables, images, labels, indices, config.train, k_train,
-                                progress=progress).variables
-    if prod_data is None:
-        prod_spec, prod_vars, _ = stack.load_stack(config.production_model, expect=spec)
-        one = stack.member(prod_vars, slice(0, 1))
-        trained = jax.tree.map(lambda s, p: np.concatenate([s[:1], p, s[1:]]), trained, one)
-    production_index, controls = 1, np.arange(2, 2 + config.controls)
-    lap("train")
-    evaluation = stack.evaluate_stack(spec, trained, base.images[holdout_ix],
-                                      base.labels[holdout_ix])
+
+def _decide(spec: ModelSpec, plan: _SeedPlan, pool: Dataset, trained: dict,
+            gray: GrayData) -> DriftReport:
+    """Steps 5-7 and the baselines for one seed's trained group and its gray data."""
+    config, split, timings = plan.config, plan.split, {}
+    clock = time.perf_counter()
+    holdout_ix = split["holdout"]
+    production_index, controls = 1, np.arange(2, plan.group_size)
+    evaluation = stack.evaluate_stack(spec, trained, pool.images[holdout_ix],
+                                      pool.labels[holdout_ix])
     accuracy = {"base": evaluation["accuracy"][0], "production": evaluation["accuracy"][1],
                 "controls": evaluation["accuracy"][2:]}
-
-    # Steps 3-4: gray data of every model, one program.
-    gray = invert(spec, trained, range(base.num_classes), config.inversion, k_inv,
-                  progress=progress)
-    lap("invert")
 
     # Steps 5-6: membership inference against the base model.
     base_vars = stack.member(trained, slice(0, 1))
     attacks = {}
     for i, name in enumerate(config.attacks):
-        attack = _build_attack(name, config, spec, base_vars, base, base_ix, reference_ix,
-                                  holdout_ix, jax.random.fold_in(k_attack, i))
+        attack = _build_attack(name, config, spec, base_vars, pool, split["base"],
+                               split["reference"], holdout_ix,
+                               jax.random.fold_in(plan.keys["attack"], i))
         attacks[name] = _score_attack(attack, gray, config, production_index, controls,
-                                      jax.random.fold_in(k_test, i))
-        lap(f"attack_{name}")
+                                      jax.random.fold_in(plan.keys["test"], i))
+        timings[f"attack_{name}"] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
-    # Step 7: the calibrated decision. Classes are named only when the global test rejects
-    # (gatekeeping): per-image permutation p-values ignore the between-model variance, so on
-    # their own they would name classes of an undrifted production model too often.
+    # Step 7. With controls, the calibrated test decides, and classes are named only when the
+    # global test rejects (gatekeeping): per-image permutation p-values ignore the between-model
+    # variance, so on their own they would name classes of an undrifted production model too
+    # often. Without controls (the original protocol) only the seed rule is available.
     primary = attacks[config.primary_attack]
-    is_drift = bool(primary["p_value"] <= config.alpha)
-    corrected = np.asarray(primary["per_class"]["p_value_corrected"])
-    drifted = [base.class_names[c] for c in np.flatnonzero(corrected <= config.alpha)
-               if is_drift]
+    if config.controls:
+        is_drift = bool(primary["p_value"] <= config.alpha)
+        corrected = np.asarray(primary["per_class"]["p_value_corrected"])
+        drifted = [pool.class_names[c] for c in np.flatnonzero(corrected <= config.alpha)
+                   if is_drift]
+    else:
+        is_drift, drifted = primary["seed_rule"]["is_drift"], []
 
     found = {}
-    if "disagreement" in config.baselines:
-        preds = stack_logits(spec, trained, base.images[holdout_ix].astype(np.float32)
-                             / 255).argmax(-1)
+    holdout_x = pool.images[holdout_ix].astype(np.float32) / 255
+    if "disagreement" in config.baselines and config.controls:
+        preds = stack_logits(spec, trained, holdout_x).argmax(-1)
         found["disagreement"] = baselines.disagreement(preds, production_index, controls)
-    if prod_data is not None:
-        base_x = base.images[holdout_ix].astype(np.float32) / 255
-        prod_x = prod_data.images.astype(np.float32) / 255
+    if plan.production is not None:
+        prod_x = plan.production.images.astype(np.float32) / 255
         if "bbsd" in config.baselines:
             soft = lambda x: np.asarray(jax.nn.softmax(stack_logits(spec, base_vars, x)[0]))
-            found["bbsd"] = baselines.bbsd(soft(base_x), soft(prod_x))
+            found["bbsd"] = baselines.bbsd(soft(holdout_x), soft(prod_x))
         if "mmd" in config.baselines:
-            found["mmd"] = baselines.mmd_test(base_x, prod_x, jax.random.fold_in(k_test, 99),
+            found["mmd"] = baselines.mmd_test(holdout_x, prod_x,
+                                              jax.random.fold_in(plan.keys["test"], 99),
                                               config.permutations)
     for result in found.values():
         result["is_drift"] = bool(result["p_value"] <= config.alpha)
-    lap("baselines")
-    timings["total"] = sum(timings.values())
+    timings["baselines"] = time.perf_counter() - clock
     return DriftReport(
         is_drift=is_drift, p_value=primary["p_value"],
         drifted_classes=drifted, attacks=attacks, baselines=found, accuracy=accuracy,
-        timings=timings, config=to_dict(config), class_names=list(base.class_names),
-        scenario=scenario, environment=runtime.environment(), gray=gray)
+        timings=timings, config=to_dict(config), class_names=list(pool.class_names),
+        scenario=plan.scenario, environment=runtime.environment(), gray=gray)
 
 
 def summary_lines(report: DriftReport) -> list[str]:
     """The verdict a person reads first."""
     cfg = report.config
     verdict = "DRIFT" if report.is_drift else "no drift"
-    lines = [f"verdict: {verdict} (p = {report.p_value:.3f} by {cfg['primary_attack']}, "
-             f"alpha {cfg['alpha']}, {cfg['controls']} control models)",
+    decided_by = (f"p = {report.p_value:.3f} by {cfg['primary_attack']}, alpha {cfg['alpha']}, "
+                  f"{cfg['controls']} control models" if cfg["controls"] else
+                  f"uncalibrated: {cfg['primary_attack']} seed rule, no control models")
+    lines = [f"verdict: {verdict} ({decided_by})",
              f"scenario: {report.scenario['name']} (severity {report.scenario['severity']})",
              f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
     for name, a in report.attacks.items():
-        lines.append(f"  {name}: base {a['base_score']:.3f}, production "
-                     f"{a['production_score']:.3f}, controls {np.mean(a['control_scores']):.3f}"
-                     f" -> p = {a['p_value']:.3f}; permutation p = "
+        calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
+                      f"{a['p_value']:.3f}" if a["control_scores"] else "")
+        lines.append(f"  {name}: base {a['base_score']:.3f} (members "
+                     f"{a['base_member_fraction']:.2f}), production {a['production_score']:.3f}"
+                     f" (members {a['production_member_fraction']:.2f}){calibrated}; "
+                     "permutation p = "
                      f"{a['permutation_test']['p_value']:.3f}; seed rule "
                      f"{'drift' if a['seed_rule']['is_drift'] else 'no drift'}")
     for name, b in report.baselines.items():
@@ -334,6 +498,8 @@ def write_report(report: DriftReport, out: str | Path) -> Path:
     for name, a in report.attacks.items():
         figures.score_bars(out / "figures" / f"scores_{name}.png", report.class_names,
                            a["per_class"], title=f"{name}: per-class score")
+        if not a["control_scores"]:
+            continue
         figures.null_distribution(out / "figures" / f"null_{name}.png", a["control_scores"],
                                   a["production_score"], a["base_score"],
                                   title=f"{name}: control null, p = {a['p_value']:.3f}")

@@ -27,3 +27,22 @@ def sharding(mesh: Mesh, *spec) -> NamedSharding:
 
 def describe(mesh: Mesh) -> dict:
     return {"shape": dict(mesh.shape), "devices": [str(d) for d in mesh.devices.flat]}
+
+
+def to_host(tree):
+    """Numpy copies of a pytree of (possibly global, multi-process) arrays; every process gets
+    the whole value (an all-gather when the arrays span other processes' devices)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """`jax.distributed.initialize` (arguments auto-detected on SLURM and TPU pods when None),
+    with gloo collectives on CPU. After it, `stack_mesh` spans every process's devices: a stack
+    trains as one program over the global mesh, each process feeding the same host data."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)

@@ -96,7 +96,8 @@ def score_bars(path: str | Path, class_names: list[str], per_class: dict,
     fig, ax = plt.subplots(figsize=(max(4, len(class_names) * 0.6), 2.8))
     for i, (key, label) in enumerate([("base", "base"), ("production", "production"),
                                       ("control_mean", "controls (mean)")]):
-        ax.bar(x + (i - 1) * 0.27, per_class[key], 0.27, label=label)
+        if per_class.get(key) is not None:  # no controls: no control bars
+            ax.bar(x + (i - 1) * 0.27, per_class[key], 0.27, label=label)
     ax.set_xticks(x, class_names, fontsize=7, rotation=45)
     ax.set_ylabel("member score")
     ax.set_ylim(0, 1.25)
@@ -117,4 +118,41 @@ def null_distribution(path: str | Path, control_scores: list[float], production:
     ax.set_xlabel("member score")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
+    return _save(path, fig)
+
+
+def rate_against(path: str | Path, table: list[dict], x_key: str, methods: list[str],
+                 panel_keys: list[str]) -> Path:
+    """Detection rate against ``x_key`` (e.g. severity), one line per method, one panel per
+    combination of ``panel_keys`` (e.g. scenario)."""
+    plt = _pyplot()
+    panels: dict[tuple, list[dict]] = {}
+    for row in table:
+        panels.setdefault(tuple(row.get(k) for k in panel_keys), []).append(row)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 2.8),
+                             squeeze=False, sharey=True)
+    for ax, (panel, rows) in zip(axes[0], sorted(panels.items(), key=str)):
+        rows = sorted(rows, key=lambda r: float(r[x_key]))
+        for method in methods:
+            pts = [(float(r[x_key]), r[method]) for r in rows if r.get(method) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(panel_keys, panel)), fontsize=7)
+        ax.set_xlabel(x_key)
+        ax.set_ylim(-0.05, 1.05)
+    axes[0, 0].set_ylabel("detection rate")
+    axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _save(path, fig)
+
+
+def null_strips(path: str | Path, runs: list[tuple[str, dict]], title: str = "") -> Path:
+    """One row per run: its control models' scores (the null) and its production score."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 0.25 * len(runs) + 1))
+    for i, (_, scores) in enumerate(runs):
+        ax.scatter(scores["controls"], np.full(len(scores["controls"]), i), s=8, color="grey")
+        ax.scatter([scores["production"]], [i], s=14, color="red")
+    ax.set_yticks(range(len(runs)), [name[:8] for name, _ in runs], fontsize=5)
+    ax.set_xlabel("member score")
+    ax.set_title(title, fontsize=8)
     return _save(path, fig)

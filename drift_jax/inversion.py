@@ -44,7 +44,7 @@ from drift_jax.config import ExecutionConfig
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_bytes
 from drift_jax.models import ModelSpec
-from drift_jax.stack import map_members, resolve_execution, stack_size
+from drift_jax.stack import map_members, per_member_keys, resolve_execution, stack_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,12 @@ class GrayData:
         """Target label of every image, [M, C, S]."""
         m, c, s = self.images.shape[:3]
         return np.broadcast_to(self.classes[None, :, None], (m, c, s)).astype(np.int32)
+
+    def select(self, members) -> GrayData:
+        """The gray data of some members (an index array or slice over M)."""
+        return dataclasses.replace(
+            self, images=self.images[members], confidence=self.confidence[members],
+            trace=self.trace[members], active_steps=self.active_steps[members])
 
     def save(self, path: str | Path) -> Path:
         """Atomic .npz, no pickle."""
@@ -303,7 +309,8 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
       variables: stack variables, leaves [M, ...].
       classes: class indices to invert, [C].
       config: method and its settings; ``samples_per_class`` images per class and model.
-      key: PRNG key for random inits and the regularised mode's jitter; fixed key, same images.
+      key: PRNG key for random inits and the regularised mode's jitter (fixed key, same images);
+        or one key per member [M], so that a member's images do not depend on the stack.
       mean_image: float [H, W, ch] in [0, 1], for ``miface.init='mean'``.
     Returns:
       `GrayData` with images [M, C, S, H, W, ch].
@@ -328,19 +335,20 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
     has_bn = "batch_stats" in variables
     run_chunk, init_state, confidence, gradient_norm = _programs(
         spec, config, execution.member_mode, chunk, k, has_bn)
-    init_key, loop_key = jax.random.split(key)
+    keys = per_member_keys(key, m)
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     if config.method == "miface":
-        x0 = _miface_init(config.miface, shape, init_key, mean_image)
+        x0 = jax.vmap(lambda k: _miface_init(config.miface, shape[1:], k, mean_image))(init_keys)
     else:
-        x0 = jnp.clip(0.5 + config.regularized.init_std * jax.random.normal(init_key, shape),
-                      0.0, 1.0)
+        x0 = jnp.clip(0.5 + config.regularized.init_std * jax.vmap(
+            lambda k: jax.random.normal(k, shape[1:]))(init_keys), 0.0, 1.0)
     grad_norm = gradient_norm(variables, x0, targets)
     dead = np.argwhere(np.asarray(grad_norm).reshape(m, c, s).max(-1) == 0)
     if dead.size:
         pairs = ", ".join(f"model {a} class {classes[b]}" for a, b in dead[:8])
         warnings.warn(f"invert: the initial images have zero gradient for {pairs}: they cannot "
                       "move from this init; try miface.init='grey' or 'uniform'.", stacklevel=2)
-    member_keys = jax.random.split(loop_key, m)
+    member_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     state = init_state(variables, x0)
     traces = []
     start = time.perf_counter()
@@ -354,14 +362,21 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
         images, conf = jax.device_get((images, conf))
     seconds = time.perf_counter() - start
     steps = np.asarray(state[-1])
-    if not np.isfinite(images).all():
-        bad = np.argwhere(~np.isfinite(images.reshape(m, k, -1)).all(-1))[0]
-        raise DriftJaxError(f"inversion diverged: model {bad[0]}, class {classes[bad[1] // s]} "
-                            "has non-finite images; lower the learning rate.")
+    trace = np.stack([np.asarray(t) for t in traces], 1)  # [M, chunks]
+    if not np.isfinite(images).all() or not np.isfinite(trace).all():
+        bad = np.argwhere(~np.isfinite(images.reshape(m, k, -1)).all(-1))
+        model = bad[0][0] if bad.size else np.argwhere(~np.isfinite(trace))[0][0]
+        where = f", class {classes[bad[0][1] // s]}" if bad.size else ""
+        first = int(np.argmax(~np.isfinite(trace[model]))) if not np.isfinite(
+            trace[model]).all() else num_chunks - 1
+        raise DriftJaxError(
+            f"inversion diverged: model {model}{where} went non-finite in iterations "
+            f"{first * chunk}..{(first + 1) * chunk - 1}; lower the learning rate "
+            f"({config.method}.learning_rate). No scores were computed from it.")
     chex.assert_shape(images, shape)
     return GrayData(images=np.asarray(images).reshape(m, c, s, *spec.image_shape),
                     classes=classes, confidence=np.asarray(conf).reshape(m, c, s),
-                    trace=np.stack([np.asarray(t) for t in traces], 1),
+                    trace=trace,
                     active_steps=steps.reshape(m, c, s), seconds=seconds, compiles=counter.count)
 
 

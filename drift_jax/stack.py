@@ -84,11 +84,22 @@ def init_stack(spec: ModelSpec, keys: jax.Array) -> dict:
     return _init_program(spec)(keys)
 
 
+def per_member_keys(key: jax.Array, num_members: int) -> jax.Array:
+    """[N] keys: ``fold_in(key, m)`` for one key, or ``key`` itself when it holds N keys."""
+    if key.ndim == 0:
+        return jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_members))
+    if key.shape != (num_members,):
+        raise DriftJaxError(f"{key.shape[0]} keys for a stack of {num_members} members; pass one "
+                            "key, or one per member.")
+    return key
+
+
 def stack_size(variables: Any) -> int:
     return int(jax.tree.leaves(variables)[0].shape[0])
 
 
-def member(variables: Any, index: int) -> Any:
+def member(variables: Any, index) -> Any:
+    """Members selected by ``index`` (an int, slice or index array) of a stack."""
     return jax.tree.map(lambda x: x[index], variables)
 
 
@@ -271,7 +282,8 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
       labels: int [num_examples].
       member_indices: N index arrays into ``images`` (lengths may differ).
       config: the recipe; ``config.execution`` chooses how it runs.
-      key: PRNG key; member m shuffles with ``fold_in(key, m)``.
+      key: PRNG key, member m shuffling with ``fold_in(key, m)``; or one key per member [N],
+        so that a member's run does not depend on its place in the stack.
       mesh: a ('models', 'data') mesh; default `devices.stack_mesh` over all devices.
     """
     chex.assert_rank(images, 4)
@@ -306,7 +318,7 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         state = list(_split_members(state, num_members))
     data_images = jax.device_put(images, place())
     data_labels = jax.device_put(np.asarray(labels, np.int32), place())
-    member_keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_members))
+    member_keys = per_member_keys(key, num_members)
     index_d, sizes_d = jnp.asarray(index), jnp.asarray(sizes)
 
     def run_chunk(state, schedule, c):
@@ -334,7 +346,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
                 state, stats = run_chunk(state, schedule, c)
                 totals.append(stats)
                 bar.update()
-            loss, correct, count = np.sum([np.asarray(t) for t in totals], axis=0).T
+            per_chunk = np.asarray(devices_lib.to_host(totals))  # [chunks, N, 3]
+            _check_finite(per_chunk[..., 0], epoch, layout.chunk)
+            loss, correct, count = per_chunk.sum(0).T
             history["loss"].append((loss / np.maximum(count, 1)).tolist())
             history["accuracy"].append((correct / np.maximum(count, 1)).tolist())
             history["epoch_seconds"].append(time.perf_counter() - epoch_start)
@@ -343,8 +357,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         if loop:
             state = _concat_members(state)
         trained = jax.block_until_ready(state.variables)
+        if jax.process_count() > 1:  # global arrays: give every process the whole stack
+            trained = devices_lib.to_host(trained)
         seconds = time.perf_counter() - start
-    _check_finite(trained, history)
     return TrainResult(trained, history, seconds, execution, devices_lib.describe(mesh),
                        counter.count)
 
@@ -367,13 +382,15 @@ def _concat_members(trees):
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
 
-def _check_finite(variables, history) -> None:
-    loss = np.asarray(history["loss"])
-    bad = ~np.isfinite(loss)
+def _check_finite(chunk_loss: np.ndarray, epoch: int, chunk: int) -> None:
+    """chunk_loss [chunks, N]: the first non-finite one names its member and steps."""
+    bad = ~np.isfinite(chunk_loss)
     if bad.any():
-        epoch, m = np.argwhere(bad)[0]
-        raise DriftJaxError(f"training diverged: member {m} has a non-finite loss in epoch "
-                            f"{epoch}; lower train.learning_rate.")
+        c, m = np.argwhere(bad)[0]
+        raise DriftJaxError(
+            f"training diverged: member {m} has a non-finite loss in epoch {epoch}, steps "
+            f"{c * chunk}..{(c + 1) * chunk - 1} of the epoch; lower train.learning_rate (the "
+            "data and labels were already checked).")
 
 
 # ----------------------------------------------------------------------------- inference

@@ -29,8 +29,8 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
                  dataset: Dataset | None = None, progress: bool = True) -> TrainRun:
     """Trains ``config.models`` members (seeds ``config.seed + m``) on the same training part.
 
-    With ``out``, writes ``config.json``, ``metrics.json`` and ``checkpoint/`` there; metrics are
-    written last, so a folder with metrics.json holds a finished run.
+    With ``out``, writes ``config.json``, ``checkpoint/`` and ``metrics.json`` there once training
+    succeeded; metrics last, so a folder with metrics.json holds a finished run.
     """
     t0 = time.perf_counter()
     dataset = dataset if dataset is not None else data_lib.load(config.data)
@@ -38,9 +38,6 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         dataset.labels, [1 - config.holdout_fraction, config.holdout_fraction], config.seed,
         dataset.num_classes)
     spec = ModelSpec(config.arch, dataset.num_classes, dataset.image_shape)
-    if out is not None:
-        out = Path(out)
-        atomic_write_json(out / "config.json", to_dict(config))
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
     variables = stack.init_stack(spec, jax.random.split(init_key, config.models))
@@ -66,7 +63,9 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         "train_images_per_second": examples / result.seconds,
         "environment": runtime.environment(),
     }
-    if out is not None:
+    if out is not None:  # only after success: a failed run leaves no folder behind
+        out = Path(out)
+        atomic_write_json(out / "config.json", to_dict(config))
         stack.save_stack(out / "checkpoint", spec, result.variables,
                          {"data": dataset.name, "seed": config.seed})
         atomic_write_json(out / "metrics.json", metrics)

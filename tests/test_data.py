@@ -5,6 +5,8 @@ import tarfile
 import numpy as np
 import pytest
 from conftest import CIFAR_TAR, MNIST_DIR, make_images, require
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from drift_jax import data
@@ -196,3 +198,21 @@ def test_split_with_a_class_too_small_names_it():
     labels = np.array([0] * 20 + [1] * 2)
     with pytest.raises(DriftJaxError, match="class 1 has 2 images"):
         data.base_production_holdout(labels, seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(10, 60), min_size=2, max_size=6),
+       st.lists(st.floats(0.1, 0.3), min_size=1, max_size=3), st.integers(0, 1000))
+def test_split_properties(class_sizes, fractions, seed):
+    """Disjoint, in range, stratified to within one image per class, seeded."""
+    labels = np.repeat(np.arange(len(class_sizes)), class_sizes)
+    np.random.default_rng(seed).shuffle(labels)
+    parts = data.stratified_split(labels, fractions, seed)
+    again = data.stratified_split(labels, fractions, seed)
+    together = np.concatenate(parts)
+    assert len(np.unique(together)) == len(together)  # disjoint
+    assert together.min() >= 0 and together.max() < len(labels)
+    for part, other, fraction in zip(parts, again, fractions):
+        np.testing.assert_array_equal(part, other)  # same seed, same split
+        counts = np.bincount(labels[part], minlength=len(class_sizes))
+        assert (np.abs(counts - np.array(class_sizes) * fraction) <= 1 + 1e-9).all()

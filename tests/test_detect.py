@@ -71,3 +71,58 @@ def test_bad_detect_configs():
     with pytest.raises(DriftJaxError, match="leave no held-out data"):
         detect_drift(DetectConfig(base_fraction=0.5, production_fraction=0.3,
                                   reference_fraction=0.3), progress=False)
+
+
+def _comparable(report) -> dict:
+    out = report.to_json()
+    for volatile in ("timings", "environment"):
+        out.pop(volatile)
+    return out
+
+
+def test_seeds_stacked_as_one_program_equal_separate_runs():
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import detect_drift_seeds
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    cfg = with_overrides(DetectConfig(base="synthetic"), ['scenario="label_swap"', *SMALL,
+                                                          'inversion.miface.init="uniform"'])
+    stacked = detect_drift_seeds(cfg, [3, 4], base=ds, progress=False)
+    assert [r.config["seed"] for r in stacked] == [3, 4]
+    assert stacked[0].timings["seeds_sharing_train_and_invert"] == 2
+    for seed, together in zip([3, 4], stacked):
+        alone = detect_drift(with_overrides(cfg, [f"seed={seed}"]), base=ds, progress=False)
+        np.testing.assert_allclose(together.gray.images, alone.gray.images, atol=1e-6)
+        assert json.dumps(_comparable(together)) == json.dumps(_comparable(alone))
+    assert not np.allclose(stacked[0].gray.images, stacked[1].gray.images)
+
+
+def test_original_protocol_without_controls_uses_a_holdout_spec_and_the_seed_rule(tmp_path):
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import write_report
+
+    cfg = with_overrides(DetectConfig(), [
+        'base="synthetic?n=300&classes=3&size=8&seed=1"',
+        'holdout="synthetic?n=90&classes=3&size=8&seed=1"', "base_fraction=0.5",
+        "production_fraction=0.5", "controls=0", 'scenario="none"', *SMALL[1:]])
+    report = detect_drift(cfg, progress=False)
+    rule = report.attacks["rule_based"]
+    assert report.p_value is None and rule["control_scores"] == []
+    assert report.is_drift is rule["seed_rule"]["is_drift"]
+    assert "disagreement" not in report.baselines  # needs controls
+    write_report(report, tmp_path / "run")
+    assert not (tmp_path / "run" / "figures" / "null_rule_based.png").exists()
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["p_value"] is None
+
+
+def test_a_run_with_fewer_controls_is_nested_in_one_with_more():
+    """Control j's data, keys and scores depend on j only: the M-ablation can subsample."""
+    from drift_jax.config import with_overrides
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    cfg = with_overrides(DetectConfig(base="synthetic"), ['scenario="none"', *SMALL])
+    big = detect_drift(with_overrides(cfg, ["controls=4"]), base=ds, progress=False)
+    small = detect_drift(with_overrides(cfg, ["controls=2"]), base=ds, progress=False)
+    a, b = big.attacks["rule_based"], small.attacks["rule_based"]
+    assert b["control_scores"] == a["control_scores"][:2]
+    assert b["production_score"] == a["production_score"]

@@ -82,3 +82,30 @@ def test_bad_scenarios():
         scenarios.apply("blur", DS.images, DS.labels, KEY, 7)
     with pytest.raises(DriftJaxError, match="bad parameters"):
         scenarios.apply("label_swap", DS.images, DS.labels, KEY, 5, c=3)
+
+
+LABEL_ONLY = {"label_swap", "relabel", "label_noise"}
+IMAGE_ONLY = {"class_transform", "gaussian_noise", "blur", "brightness", "contrast", "pixelate",
+              "rotation"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(sorted(scenarios.SCENARIOS)), st.integers(0, 5), st.integers(0, 99))
+def test_scenarios_change_only_what_they_name(name, severity, seed):
+    images, labels = scenarios.apply(name, DS.images, DS.labels, jax.random.key(seed), severity)
+    if name in LABEL_ONLY or name == "none":
+        np.testing.assert_array_equal(images, DS.images)
+    if name in IMAGE_ONLY or name == "none":
+        np.testing.assert_array_equal(labels, DS.labels)
+        assert images.shape == DS.images.shape and images.dtype == np.uint8
+    if name in ("label_swap", "relabel"):  # classes other than 0 and 1 keep their labels
+        other = DS.labels > 1
+        np.testing.assert_array_equal(labels[other], DS.labels[other])
+        changed = (labels != DS.labels).sum()
+        assert changed <= np.isin(DS.labels, (0, 1)).sum() * severity / 5 + 1
+    if name == "prior_shift":  # a subset of the rows; only classes 0 and 1 lose images
+        counts, before = np.bincount(labels, minlength=4), DS.class_counts()
+        assert (counts[2:] == before[2:]).all() and (counts <= before).all()
+    if severity == 0:  # severity 0 is no drift at all
+        np.testing.assert_array_equal(images, DS.images)
+        np.testing.assert_array_equal(labels, DS.labels)

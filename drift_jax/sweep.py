@@ -1,0 +1,169 @@
+"""Sweeps: a `DetectConfig` and a grid of config keys -> one run folder per point.
+
+A point's folder is ``OUT/runs/<id>``, ``id`` a hash of its resolved config, holding what
+`detect.write_report` writes (``report.json`` last, so its presence marks a finished run).
+Finished runs are skipped, so a sweep killed at any moment (SIGKILL included) and started again
+ends with the results of an uninterrupted one. Points that differ only in ``seed`` run as one
+stack (`detect.detect_drift_seeds`); each seed's numbers do not depend on its companions.
+Points that differ only in inversion, attack or test settings share one training
+(`detect.TrainedCache`): ablations over inversion cost inversions, not trainings.
+
+Tasks (``task_index`` of ``num_tasks``, or SLURM array variables) split the sweep by groups of
+seeds; each task writes only its own run folders and `drift-jax report` merges them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from drift_jax import config as config_lib
+from drift_jax import data as data_lib
+from drift_jax.detect import DetectConfig, TrainedCache, detect_drift_seeds, write_report
+from drift_jax.errors import DriftJaxError
+from drift_jax.files import atomic_write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """``detect`` is every point's starting config; ``grid`` maps config keys (dotted, as in
+    overrides) to the values to sweep; points are the Cartesian product. Keys joined by commas
+    move together: ``{"inversion.miface.max_iter,inversion.regularized.steps": [[100, 100],
+    [300, 300]]}``."""
+
+    detect: DetectConfig = dataclasses.field(default_factory=DetectConfig)
+    grid: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, values in self.grid.items():
+            if not isinstance(values, list | tuple) or not values:
+                raise DriftJaxError(f"sweep grid {key!r}: give a non-empty list of values, "
+                                    f"got {values!r}.")
+
+
+def load(path: str | Path) -> SweepConfig:
+    """A sweep JSON ({"detect": {...}, "grid": {...}}) or a plain DetectConfig JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise DriftJaxError(f"sweep config {path} does not exist.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DriftJaxError(f"sweep config {path} is not valid JSON ({e}).") from e
+    if not isinstance(raw, dict):
+        raise DriftJaxError(f"sweep config {path}: expected a JSON object.")
+    if "detect" in raw or "grid" in raw:
+        return config_lib.from_dict(SweepConfig, raw)
+    return SweepConfig(detect=config_lib.from_dict(DetectConfig, raw))
+
+
+def parse_grid(items: list[str]) -> dict:
+    """``["seed=0,1,2", 'scenario="none","label_swap"']`` -> {key: [values]} (JSON values, else
+    strings)."""
+    grid = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not text:
+            raise DriftJaxError(f"--grid {item!r} must look like key=v1,v2 (e.g. seed=0,1,2).")
+        try:
+            values = json.loads(f"[{text}]")
+        except json.JSONDecodeError:
+            values = [v.strip() for v in text.split(",")]
+        grid[key] = values
+    return grid
+
+
+def points(sweep: SweepConfig) -> list[DetectConfig]:
+    """Every grid point's resolved config, in grid order."""
+    keys = list(sweep.grid)
+    out = []
+    for combo in itertools.product(*(sweep.grid[k] for k in keys)):
+        overrides = []
+        for key, value in zip(keys, combo):
+            names = key.split(",")
+            values = value if len(names) > 1 else [value]
+            if len(values) != len(names):
+                raise DriftJaxError(f"sweep grid {key!r}: each value must list {len(names)} "
+                                    f"values (one per key), got {value!r}.")
+            overrides += [f"{k.strip()}={json.dumps(v)}" for k, v in zip(names, values)]
+        out.append(config_lib.with_overrides(sweep.detect, overrides))
+    return out
+
+
+def run_id(config: DetectConfig) -> str:
+    """A stable hash of the resolved config: the run's folder name."""
+    text = json.dumps(config_lib.to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seed_groups(configs: list[DetectConfig]) -> list[list[DetectConfig]]:
+    """Configs equal but for the seed, grouped (in order of first appearance)."""
+    groups: dict[str, list[DetectConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(run_id(dataclasses.replace(cfg, seed=0)), []).append(cfg)
+    return list(groups.values())
+
+
+def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
+    """Explicit values, else SLURM array variables, else (0, 1)."""
+    env = os.environ
+    if task_index is None and "SLURM_ARRAY_TASK_ID" in env:
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        task_index = int(env["SLURM_ARRAY_TASK_ID"]) - low
+        if num_tasks is None:
+            num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT")
+                            or int(env["SLURM_ARRAY_TASK_MAX"]) - low + 1)
+    task_index, num_tasks = task_index or 0, num_tasks or 1
+    if not 0 <= task_index < num_tasks:
+        raise DriftJaxError(f"task index {task_index} is outside 0..{num_tasks - 1}; "
+                            "--task-index counts from 0 and must be below --num-tasks.")
+    return task_index, num_tasks
+
+
+def task_share(groups: list, task_index: int, num_tasks: int) -> list:
+    """Round-robin: every group belongs to exactly one task."""
+    return [g for i, g in enumerate(groups) if i % num_tasks == task_index]
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "report.json").exists()
+
+
+def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None,
+              num_tasks: int | None = None, progress: bool = True) -> dict:
+    """Runs this task's unfinished points; returns {"ran": [...ids], "skipped": [...],
+    "other_tasks": n, "seconds": s}."""
+    out = Path(out)
+    task_index, num_tasks = task_from_env(task_index, num_tasks)
+    configs = points(sweep)
+    atomic_write_json(out / "sweep.json", {"sweep": config_lib.to_dict(sweep),
+                                           "runs": {run_id(c): config_lib.to_dict(c)
+                                                    for c in configs}})
+    groups = seed_groups(configs)
+    mine = task_share(groups, task_index, num_tasks)
+    ran, skipped, datasets, cache = [], [], {}, TrainedCache()
+    start = time.perf_counter()
+    bar = tqdm(mine, desc=f"sweep task {task_index}/{num_tasks}", unit="group",
+               disable=not progress)
+    for group in bar:
+        todo = [c for c in group if not is_finished(out / "runs" / run_id(c))]
+        skipped += [run_id(c) for c in group if c not in todo]
+        if not todo:
+            continue
+        spec = todo[0].base
+        if spec not in datasets:
+            datasets[spec] = data_lib.load(spec)
+        reports = detect_drift_seeds(todo[0], [c.seed for c in todo], base=datasets[spec],
+                                     progress=False, cache=cache)
+        for cfg, report in zip(todo, reports):
+            write_report(report, out / "runs" / run_id(cfg))
+            ran.append(run_id(cfg))
+    return {"ran": ran, "skipped": skipped,
+            "other_tasks": len(groups) - len(mine), "seconds": time.perf_counter() - start}
