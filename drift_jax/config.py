@@ -164,7 +164,8 @@ def with_overrides(config: T, overrides: list[str]) -> T:
     return from_dict(type(config), data)
 
 
-def load_json(cls: type[T], path: str | Path) -> T:
+def read_json_object(path: str | Path) -> dict:
+    """A config file's JSON object; a missing file or bad JSON is a user error."""
     path = Path(path)
     if not path.exists():
         raise DriftJaxError(f"config file {path} does not exist.")
@@ -172,4 +173,10 @@ def load_json(cls: type[T], path: str | Path) -> T:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DriftJaxError(f"config file {path} is not valid JSON ({e}).") from e
-    return from_dict(cls, data)
+    if not isinstance(data, dict):
+        raise DriftJaxError(f"config file {path}: expected a JSON object {{...}}.")
+    return data
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, read_json_object(path))

@@ -173,7 +173,8 @@ def _production_data(config: DetectConfig, base: Dataset, production: Dataset | 
 
 
 def _build_attack(name: str, config: DetectConfig, spec: ModelSpec, base_vars: dict,
-                  base: Dataset, base_ix, reference_ix, holdout_ix, key):
+                  base: Dataset, base_ix, reference_ix, holdout_ix, key, shared: dict):
+    """A fitted attack; the shadow and LiRA attacks share one shadow stack via ``shared``."""
     rng = np.random.default_rng(config.seed)
     n_fit = min(config.attack_fit_size, len(base_ix), len(holdout_ix))
     members = rng.choice(base_ix, n_fit, replace=False)
@@ -189,7 +190,10 @@ def _build_attack(name: str, config: DetectConfig, spec: ModelSpec, base_vars: d
         attack = membership.ShadowModels(spec, base_vars, config.num_shadows, config.train)
     else:
         attack = membership.LiRA(spec, base_vars, config.num_shadows, config.train)
-    return attack.fit(base.images[pool], base.labels[pool], key)
+    attack.fit(base.images[pool], base.labels[pool], key, shadows=shared.get("shadows"),
+               keep=shared.get("keep"))
+    shared.update(shadows=attack.shadows, keep=attack.keep)
+    return attack
 
 
 def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
@@ -411,11 +415,11 @@ def _decide(spec: ModelSpec, plan: _SeedPlan, pool: Dataset, trained: dict,
 
     # Steps 5-6: membership inference against the base model.
     base_vars = stack.member(trained, slice(0, 1))
-    attacks = {}
+    attacks, shared = {}, {}
     for i, name in enumerate(config.attacks):
         attack = _build_attack(name, config, spec, base_vars, pool, split["base"],
                                split["reference"], holdout_ix,
-                               jax.random.fold_in(plan.keys["attack"], i))
+                               jax.random.fold_in(plan.keys["attack"], i), shared)
         attacks[name] = _score_attack(attack, gray, config, production_index, controls,
                                       jax.random.fold_in(plan.keys["test"], i))
         timings[f"attack_{name}"] = time.perf_counter() - clock

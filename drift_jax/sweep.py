@@ -50,15 +50,7 @@ class SweepConfig:
 
 def load(path: str | Path) -> SweepConfig:
     """A sweep JSON ({"detect": {...}, "grid": {...}}) or a plain DetectConfig JSON."""
-    path = Path(path)
-    if not path.exists():
-        raise DriftJaxError(f"sweep config {path} does not exist.")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DriftJaxError(f"sweep config {path} is not valid JSON ({e}).") from e
-    if not isinstance(raw, dict):
-        raise DriftJaxError(f"sweep config {path}: expected a JSON object.")
+    raw = config_lib.read_json_object(path)
     if "detect" in raw or "grid" in raw:
         return config_lib.from_dict(SweepConfig, raw)
     return SweepConfig(detect=config_lib.from_dict(DetectConfig, raw))
@@ -161,7 +153,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
         if spec not in datasets:
             datasets[spec] = data_lib.load(spec)
         reports = detect_drift_seeds(todo[0], [c.seed for c in todo], base=datasets[spec],
-                                     progress=False, cache=cache)
+                                     progress=progress, cache=cache)
         for cfg, report in zip(todo, reports):
             write_report(report, out / "runs" / run_id(cfg))
             ran.append(run_id(cfg))

@@ -71,6 +71,8 @@ class ShadowModels:
     name: str = "shadow"
     models: AttackModels | None = None
     shadow_seconds: float = 0.0
+    shadows: dict | None = None  # the trained shadow stack and its keep matrix, after fit()
+    keep: np.ndarray | None = None
 
     def fit(self, pool_images: np.ndarray, pool_labels: np.ndarray, key: jax.Array,
             progress: bool = False, shadows: dict | None = None,
@@ -90,6 +92,7 @@ class ShadowModels:
         shadows, keep = shadows_for(self.spec, self.num_shadows, pool_images, labels, self.train,
                                     shadow_key, progress, shadows, keep)
         self.shadow_seconds = time.perf_counter() - start
+        self.shadows, self.keep = shadows, keep
         x = as_float_images(pool_images, self.spec.image_shape)
         feats = output_features(stack_logits(self.spec, shadows, x), self.output)  # [K, n, C]
         feats = feats.reshape(-1, feats.shape[-1])
