@@ -60,7 +60,7 @@ class DetectConfig:
     base_fraction: float = 0.25
     production_fraction: float = 0.2
     reference_fraction: float = 0.4  # controls' pool; the rest is held out
-    controls: int = 19  # p >= 1 / (M + 1): M = 19 is the least that can reach 0.05
+    controls: int = 19  # p >= 1 / (M + 1): 19 is the least that reaches 0.05; 0: seed rule only
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
         samples_per_class=8, miface=MIFaceConfig(max_iter=300, init="uniform")))
