@@ -278,10 +278,6 @@ def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
     return _SeedPlan(config, split, prod_data, scenario, control_ix, keys)
 
 
-def _member_keys(key: jax.Array, n: int) -> jax.Array:
-    return jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(n))
-
-
 def _train_all(spec: ModelSpec, config: DetectConfig, pool: Dataset, plans: list[_SeedPlan],
                production_model: dict | None, progress: bool) -> dict:
     """Steps 1-2 and the controls for every seed: one stack on one device-resident image array
@@ -301,20 +297,20 @@ def _train_all(spec: ModelSpec, config: DetectConfig, pool: Dataset, plans: list
         # A given production model takes role 1: trained members skip it, keys keep their role.
         role_ids = np.array([0, *range(2 - with_production, plan.group_size)])
         indices += roles
-        init_keys.append(_member_keys(plan.keys["init"], plan.group_size)[role_ids])
-        train_keys.append(_member_keys(plan.keys["train"], plan.group_size)[role_ids])
+        init_keys.append(stack.per_member_keys(plan.keys["init"], plan.group_size)[role_ids])
+        train_keys.append(stack.per_member_keys(plan.keys["train"], plan.group_size)[role_ids])
     variables = stack.init_stack(spec, jax.numpy.concatenate(init_keys))
     trained = stack.train_stack(spec, variables, np.concatenate(images), np.concatenate(labels),
                                 indices, config.train, jax.numpy.concatenate(train_keys),
                                 progress=progress).variables
     if with_production:
         return trained
-    one = stack.member(production_model, slice(0, 1))
-    groups, step = [], plans[0].group_size - 1
-    for g in range(len(plans)):
-        part = stack.member(trained, slice(g * step, (g + 1) * step))
-        groups.append(jax.tree.map(lambda t, p: np.concatenate([t[:1], p, t[1:]]), part, one))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *groups)
+    # Append the given model once, then gather it into role 1 of every seed's group.
+    n, step = stack.stack_size(trained), plans[0].group_size - 1
+    combined = jax.tree.map(lambda t, p: np.concatenate([t, p[:1]]), trained, production_model)
+    order = np.concatenate([[g * step, n, *range(g * step + 1, (g + 1) * step)]
+                            for g in range(len(plans))])
+    return stack.member(combined, order)
 
 
 TRAINING_KEYS = ("base", "production", "production_model", "holdout", "scenario", "severity",
@@ -331,7 +327,8 @@ class TrainedCache:
 
     @staticmethod
     def key(config: DetectConfig, seeds: list[int]) -> str:
-        fields = {k: to_dict(config)[k] for k in TRAINING_KEYS}
+        resolved = to_dict(config)
+        fields = {k: resolved[k] for k in TRAINING_KEYS}
         return json.dumps({**fields, "seeds": seeds}, sort_keys=True)
 
     def get(self, key: str):
@@ -383,7 +380,7 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
     shared["train"] = time.perf_counter() - clock
     clock = time.perf_counter()
     # Steps 3-4: gray data of every model of every seed, one program.
-    inv_keys = jax.numpy.concatenate([_member_keys(p.keys["invert"], p.group_size)
+    inv_keys = jax.numpy.concatenate([stack.per_member_keys(p.keys["invert"], p.group_size)
                                       for p in plans])
     gray = invert(spec, trained, range(base.num_classes), config.inversion, inv_keys,
                   progress=progress)
