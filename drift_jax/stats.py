@@ -53,27 +53,42 @@ CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
-def _permutation_null(pooled, nx, key, num_permutations):
-    in_x = jnp.arange(pooled.size) < nx
-    ny = pooled.size - nx
+def _permutation_nulls(pooled, nx, keys, num_permutations):
+    """pooled [K, nx + ny], keys [K] -> null differences of means [K, num_permutations]."""
+    in_x = jnp.arange(pooled.shape[1]) < nx
+    ny = pooled.shape[1] - nx
 
-    def statistic(k):
-        perm = jax.random.permutation(k, pooled)
-        return jnp.sum(jnp.where(in_x, perm, 0)) / nx - jnp.sum(jnp.where(in_x, 0, perm)) / ny
+    def null(sample, key):
+        def statistic(k):
+            perm = jax.random.permutation(k, sample)
+            return jnp.sum(jnp.where(in_x, perm, 0)) / nx - jnp.sum(jnp.where(in_x, 0, perm)) / ny
 
-    return jax.vmap(statistic)(jax.random.split(key, num_permutations))
+        return jax.vmap(statistic)(jax.random.split(key, num_permutations))
+
+    return jax.vmap(null)(pooled, keys)
+
+
+def permutation_tests(x, y, keys: jax.Array, num_permutations: int = 2000) -> dict:
+    """K one-sided tests at once: that mean(y[k]) < mean(x[k]), by relabelling pooled samples.
+
+    x [K, nx], y [K, ny], keys [K]. The permutations of all K tests are one vmapped program
+    (one compile per shape). p = (k + 1) / (n + 1) with k the permutations whose difference
+    mean(x') - mean(y') is at least the observed one. Returns "statistic" and "p_value", each [K].
+    """
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or len(keys) != x.shape[0]:
+        raise DriftJaxError(f"permutation_tests needs x [K, nx], y [K, ny] and K keys; got "
+                            f"{x.shape}, {y.shape} and {len(keys)} keys.")
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise DriftJaxError("a permutation test needs non-empty samples x and y.")
+    observed = x.mean(1) - y.mean(1)
+    null = _permutation_nulls(jnp.asarray(np.concatenate([x, y], 1)), x.shape[1], keys,
+                              num_permutations)
+    k = np.sum(np.asarray(null) >= observed[:, None] - 1e-6, axis=1)
+    return {"statistic": observed, "p_value": (k + 1) / (num_permutations + 1)}
 
 
 def permutation_test(x, y, key: jax.Array, num_permutations: int = 2000) -> dict:
-    """One-sided test that mean(y) < mean(x), by relabelling the pooled samples.
-
-    Permutations are vmapped over keys (one compile per pooled size). p = (k + 1) / (n + 1) with
-    k the permutations whose difference mean(x') - mean(y') is at least the observed one.
-    """
-    x, y = np.asarray(x, np.float32).ravel(), np.asarray(y, np.float32).ravel()
-    if x.size == 0 or y.size == 0:
-        raise DriftJaxError("permutation_test needs non-empty samples.")
-    observed = float(x.mean() - y.mean())
-    null = _permutation_null(jnp.asarray(np.concatenate([x, y])), x.size, key, num_permutations)
-    k = int(np.sum(np.asarray(null) >= observed - 1e-6))
-    return {"statistic": observed, "p_value": (k + 1) / (num_permutations + 1)}
+    """One test of `permutation_tests`: x [nx], y [ny] (any shape, flattened), one key."""
+    out = permutation_tests(np.ravel(x)[None], np.ravel(y)[None], key[None], num_permutations)
+    return {"statistic": float(out["statistic"][0]), "p_value": float(out["p_value"][0])}

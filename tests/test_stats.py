@@ -1,9 +1,11 @@
 import jax
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drift_jax import stats
+from drift_jax.errors import DriftJaxError
 
 
 def test_calibrated_p_value_formula():
@@ -57,3 +59,16 @@ def test_permutation_test_finds_a_shift_and_not_its_absence():
     same = stats.permutation_test(x, rng.normal(1.0, 1.0, 200), jax.random.key(0))
     assert shifted["p_value"] < 0.01 and same["p_value"] > 0.05
     assert 1 / 2001 <= shifted["p_value"] <= 1
+
+
+def test_batched_permutation_tests_equal_one_test_at_a_time():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(1.0, 1.0, (5, 40)), rng.normal(0.5, 1.0, (5, 12))
+    keys = jax.random.split(jax.random.key(2), 5)
+    batched = stats.permutation_tests(x, y, keys, 500)
+    one_at_a_time = [stats.permutation_test(x[k], y[k], keys[k], 500) for k in range(5)]
+    np.testing.assert_array_equal(batched["p_value"], [t["p_value"] for t in one_at_a_time])
+    np.testing.assert_allclose(batched["statistic"], [t["statistic"] for t in one_at_a_time],
+                               rtol=1e-6)
+    with pytest.raises(DriftJaxError, match="x \\[K, nx\\]"):
+        stats.permutation_tests(x, y[:4], keys, 500)
