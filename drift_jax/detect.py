@@ -216,10 +216,9 @@ def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
         # Localisation: a rank among M controls cannot survive a correction over C classes
         # unless M >= C / alpha, so each class compares the production model's per-image scores
         # with the pooled per-image scores of the controls by permutation, then corrects.
-        class_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, np.arange(c))
         class_perm = stats_lib.permutation_tests(
             prob[controls].transpose(1, 0, 2).reshape(c, -1), prob[production],
-            class_keys, config.permutations)["p_value"]
+            stack.per_member_keys(key, c), config.permutations)["p_value"]
         calibrated = {
             "p_value": float(stats_lib.calibrated_p_value(overall[controls],
                                                           overall[production])),

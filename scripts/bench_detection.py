@@ -102,9 +102,11 @@ def main() -> None:
 
 def write_markdown(results: dict) -> None:
     groups: dict = {}
+    seconds: dict = {}
     for key, r in results.items():
         name, scenario, severity, _ = key.split("/")
         groups.setdefault((name, scenario, severity), []).append(r)
+        seconds.setdefault(name, []).append(r["seconds"])
     methods = sorted({m for r in results.values() for m in r["flags"]})
     lines = ["Detection rate at alpha = 0.05 (fraction of seeds flagged; under `none` it is the "
              "false-positive rate). `attack:X` is the calibrated control-model test with attack "
@@ -119,9 +121,6 @@ def write_markdown(results: dict) -> None:
                 if scenario == "label_swap" else "")
         lines.append(f"| {name} | {scenario} | {severity} | {len(runs)} | "
                      + " | ".join(f"{x:.2f}" for x in rates) + f" | {swap} |")
-    seconds: dict = {}
-    for key, r in results.items():
-        seconds.setdefault(key.split("/")[0], []).append(r["seconds"])
     medians = ", ".join(f"{name} {float(np.median(times)):.0f} s"
                         for name, times in sorted(seconds.items()))
     lines += ["", f"{len(results)} runs; median time per run: {medians} (2-core CPU). "
