@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,30 +34,33 @@ def disagreement(predictions: np.ndarray, production: int, controls: np.ndarray)
             "p_value": float(calibrated_p_value(agree[controls], agree[production]))}
 
 
-def bbsd(base_softmax: np.ndarray, production_softmax: np.ndarray) -> dict:
-    """base_softmax [n, C] on held-out base data, production_softmax [m, C] -> Bonferroni p."""
-    if len(base_softmax) < 2 or len(production_softmax) < 2:
+def bbsd(base_softmax: np.ndarray, production_softmax: np.ndarray):
+    """KS test per class on softmax outputs, Bonferroni over classes.
+
+    base_softmax [..., n, C] on held-out base data, production_softmax [..., m, C] (leading axes,
+    e.g. seeds, are tested at once) -> {"per_class_p", "p_value"} (a list of them for leading
+    axes)."""
+    base_softmax, production_softmax = np.asarray(base_softmax), np.asarray(production_softmax)
+    if base_softmax.shape[-2] < 2 or production_softmax.shape[-2] < 2:
         raise DriftJaxError("BBSD needs at least 2 samples on each side.")
-    p = np.array([sp_stats.ks_2samp(base_softmax[:, c], production_softmax[:, c]).pvalue
-                  for c in range(base_softmax.shape[1])])
-    return {"per_class_p": p.tolist(), "p_value": float(min(1.0, p.min() * len(p)))}
+    p = np.asarray(sp_stats.ks_2samp(base_softmax, production_softmax, axis=-2).pvalue)
+    result = [{"per_class_p": row.tolist(), "p_value": float(min(1.0, row.min() * row.size))}
+              for row in p.reshape(-1, p.shape[-1])]
+    return result if p.ndim > 1 else result[0]
 
 
 def _sq_dists(a, b):
     return jnp.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, key: jax.Array, num_permutations: int = 500,
-             block: int = 1024) -> dict:
-    """Two-sample MMD^2 (biased) permutation test; x [n, ...], y [m, ...] (flattened inside).
+@functools.partial(jax.jit, static_argnames=("num_permutations", "block"))
+def _mmd_program(x, y, key, num_permutations: int, block: int):
+    """Biased MMD^2 of x [n, D] vs y [m, D] and of ``num_permutations`` relabellings -> [P + 1].
 
     All permutations share each kernel block: the statistic a^T K a for the signed weight
     vectors a (+1/n on one side, -1/m on the other) of the observed split and of every
-    permutation is accumulated block row by block row, K never held whole.
-    """
-    x = jnp.asarray(np.asarray(x, np.float32).reshape(len(x), -1))
-    y = jnp.asarray(np.asarray(y, np.float32).reshape(len(y), -1))
-    z = jnp.concatenate([x, y])
+    permutation is accumulated block row by block row, K never held whole."""
+    z = jnp.concatenate([x, y]).astype(jnp.float32)
     n, total = x.shape[0], z.shape[0]
     sub = z[jax.random.permutation(jax.random.fold_in(key, 1), total)[:1000]]
     d = _sq_dists(sub, sub)
@@ -69,17 +74,41 @@ def mmd_test(x: np.ndarray, y: np.ndarray, key: jax.Array, num_permutations: int
     z_pad = jnp.concatenate([z, jnp.zeros((pad, z.shape[1]))])
     w_pad = jnp.concatenate([weights, jnp.zeros((weights.shape[0], pad))], axis=1)
 
-    @jax.jit
-    def statistic(z_pad, w_pad):
-        def one_block(i):
-            rows = jax.lax.dynamic_slice_in_dim(z_pad, i * block, block)
-            k = jnp.exp(-_sq_dists(rows, z) / (2 * bandwidth))  # [block, total]
-            w_rows = jax.lax.dynamic_slice_in_dim(w_pad, i * block, block, axis=1)
-            return jnp.einsum("pb,bt,pt->p", w_rows, k, weights)
+    def one_block(i):
+        rows = jax.lax.dynamic_slice_in_dim(z_pad, i * block, block)
+        k = jnp.exp(-_sq_dists(rows, z) / (2 * bandwidth))  # [block, total]
+        w_rows = jax.lax.dynamic_slice_in_dim(w_pad, i * block, block, axis=1)
+        return jnp.einsum("pb,bt,pt->p", w_rows, k, weights)
 
-        return jax.lax.map(one_block, jnp.arange(z_pad.shape[0] // block)).sum(0)
+    return jax.lax.map(one_block, jnp.arange(z_pad.shape[0] // block)).sum(0), bandwidth
 
-    mmd2 = np.asarray(statistic(z_pad, w_pad))
-    observed, null = mmd2[0], mmd2[1:]
-    return {"mmd2": float(observed), "bandwidth": float(bandwidth),
-            "p_value": float((1 + (null >= observed).sum()) / (num_permutations + 1))}
+
+@functools.partial(jax.jit, static_argnames=("num_permutations", "block"))
+def _mmd_seeds(x, y, keys, num_permutations: int, block: int):
+    """x [S, n, ...] uint8 or float, y [S, m, ...], keys [S]: one test per seed, in turn."""
+    def one(args):
+        xs, ys, key = args
+        flat = lambda a: a.reshape(a.shape[0], -1).astype(jnp.float32) / (
+            255.0 if a.dtype == jnp.uint8 else 1.0)
+        return _mmd_program(flat(xs), flat(ys), key, num_permutations, block)
+
+    return jax.lax.map(one, (x, y, keys))
+
+
+def mmd_tests(x, y, keys: jax.Array, num_permutations: int = 500, block: int = 1024) -> list:
+    """Two-sample MMD^2 (biased) permutation tests, Gaussian kernel with the median-heuristic
+    bandwidth, for S sample pairs at once: x [S, n, ...], y [S, m, ...] (uint8 images are scaled
+    to [0, 1]; flattened inside), keys [S]. One compiled program per shape."""
+    mmd2, bandwidth = _mmd_seeds(jnp.asarray(x), jnp.asarray(y), keys, num_permutations,
+                                 min(block, int(np.shape(x)[1] + np.shape(y)[1])))
+    mmd2, bandwidth = np.asarray(mmd2), np.asarray(bandwidth)
+    return [{"mmd2": float(row[0]), "bandwidth": float(b),
+             "p_value": float((1 + (row[1:] >= row[0]).sum()) / (num_permutations + 1))}
+            for row, b in zip(mmd2, bandwidth)]
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, key: jax.Array, num_permutations: int = 500,
+             block: int = 1024) -> dict:
+    """`mmd_tests` for one pair: x [n, ...], y [m, ...]."""
+    return mmd_tests(np.asarray(x)[None], np.asarray(y)[None], key[None], num_permutations,
+                     block)[0]

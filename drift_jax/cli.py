@@ -161,7 +161,8 @@ def _add_detect(sub) -> None:
 
 def _detect(args) -> int:
     from drift_jax import config as config_lib
-    from drift_jax.detect import DetectConfig, detect_drift, summary_lines, write_report
+    from drift_jax.detect import DetectConfig, detect_drift
+    from drift_jax.report import summary_lines, write_report
 
     cfg = config_lib.load_json(DetectConfig, args.config) if args.config else DetectConfig()
     flags = {"base": args.base, "production": args.production,
@@ -240,6 +241,10 @@ def _report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drift-jax", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="compile every program afresh instead of loading it from the "
+                             "persistent cache ($DRIFT_JAX_CACHE/xla; the environment variable "
+                             "DRIFT_JAX_COMPILATION_CACHE=0 does the same)")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                           required=True)
@@ -255,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.no_compilation_cache:
+        from drift_jax import runtime
+
+        runtime.disable_compilation_cache()
     try:
         return args.func(args)
     except DriftJaxError as e:

@@ -10,8 +10,12 @@ score is then ranked among the controls' scores:
 per attack; per class, the production model's per-image scores against the controls' by
 permutation (Holm or Benjamini-Hochberg corrected over classes); a permutation test of per-image
 scores, base gray vs production gray; and the original rule (``seed_rule``: production < 0.75 x
-base) for parity. Baselines (model disagreement, BBSD, MMD) run on the same
-splits and controls. Only this module knows all seven steps.
+base) for parity. Baselines (model disagreement, BBSD, MMD) run on the same splits and controls.
+
+Several seeds of one config run as one stack at every stage: S x (2 + M) models train and
+invert as one program each, one inference call evaluates them all, the attacks target the S base
+models at once (`membership.AttackContext`), and the tests and baselines are vectorised over
+seeds. Only this module knows all seven steps; `report` writes what it returns.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import time
-from pathlib import Path
 from typing import Literal
 
 import jax
 import numpy as np
+from scipy import special
 
 from drift_jax import baselines, membership, runtime, stack
 from drift_jax import data as data_lib
@@ -34,10 +37,10 @@ from drift_jax.data import Dataset
 from drift_jax.data import scenarios as scenarios_lib
 from drift_jax.errors import DriftJaxError
 from drift_jax.inversion import GrayData, InversionConfig, MIFaceConfig, invert
-from drift_jax.membership.base import stack_logits
 from drift_jax.models import ModelSpec
+from drift_jax.report import DriftReport
 
-ATTACKS = ("rule_based", "black_box", "shadow", "lira")
+ATTACKS = tuple(membership.ATTACKS)
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
 
@@ -88,29 +91,6 @@ class DetectConfig:
             raise DriftJaxError("give production data or a production model, not both.")
         if not 0 < self.alpha < 1:
             raise DriftJaxError(f"alpha must lie in (0, 1), got {self.alpha}.")
-
-
-@dataclasses.dataclass
-class DriftReport:
-    """Everything a run decided and measured; `to_json()` is what report.json holds."""
-
-    is_drift: bool
-    p_value: float
-    drifted_classes: list[str]
-    attacks: dict
-    baselines: dict
-    accuracy: dict
-    timings: dict
-    config: dict
-    class_names: list[str]
-    scenario: dict
-    environment: dict
-    gray: GrayData | None = None
-
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(dataclasses.replace(self, gray=None))
-        out.pop("gray")
-        return out
 
 
 def _with_holdout(config: DetectConfig, base: Dataset) -> tuple[Dataset, np.ndarray | None]:
@@ -172,76 +152,6 @@ def _production_data(config: DetectConfig, base: Dataset, production: Dataset | 
                      "params": config.scenario_params, "production_size": len(drifted)}
 
 
-def _build_attack(name: str, config: DetectConfig, spec: ModelSpec, base_vars: dict,
-                  base: Dataset, base_ix, reference_ix, holdout_ix, key, shared: dict):
-    """A fitted attack; the shadow and LiRA attacks share one shadow stack via ``shared``."""
-    rng = np.random.default_rng(config.seed)
-    n_fit = min(config.attack_fit_size, len(base_ix), len(holdout_ix))
-    members = rng.choice(base_ix, n_fit, replace=False)
-    nonmembers = rng.choice(holdout_ix, n_fit, replace=False)
-    if name == "rule_based":
-        return membership.RuleBased(spec, base_vars)
-    if name == "black_box":
-        return membership.BlackBox(spec, base_vars).fit(
-            base.images[members], base.labels[members], base.images[nonmembers],
-            base.labels[nonmembers], key)
-    pool = np.concatenate([reference_ix, holdout_ix])
-    if name == "shadow":
-        attack = membership.ShadowModels(spec, base_vars, config.num_shadows, config.train)
-    else:
-        attack = membership.LiRA(spec, base_vars, config.num_shadows, config.train)
-    attack.fit(base.images[pool], base.labels[pool], key, shadows=shared.get("shadows"),
-               keep=shared.get("keep"))
-    shared.update(shadows=attack.shadows, keep=attack.keep)
-    return attack
-
-
-def _score_attack(attack, gray: GrayData, config: DetectConfig, production: int,
-                  controls: np.ndarray, key) -> dict:
-    """Scores of one attack on a seed's gray data [base, production, controls...]; without
-    controls the p-values are None and only the seed rule and the permutation test decide."""
-    m, c, s = gray.images.shape[:3]
-    flat = gray.images.reshape(m * c * s, *gray.images.shape[3:])
-    scores = attack.score(flat, gray.labels.reshape(-1))
-    prob = scores.probability.reshape(m, c, s)
-    flagged = scores.decision.reshape(m, c, s).astype(float)
-    per_class = prob.mean(2)  # [models, classes]
-    overall = per_class.mean(1)
-    perm = stats_lib.permutation_test(prob[0].ravel(), prob[production].ravel(), key,
-                                      config.permutations)
-    base_frac, prod_frac = flagged[0].mean(), flagged[production].mean()
-    calibrated = {"p_value": None, "p_value_rank": None, "p_value_corrected": None,
-                  "class_p": None}
-    if len(controls):
-        # Localisation: a rank among M controls cannot survive a correction over C classes
-        # unless M >= C / alpha, so each class compares the production model's per-image scores
-        # with the pooled per-image scores of the controls by permutation, then corrects.
-        class_perm = stats_lib.permutation_tests(
-            prob[controls].transpose(1, 0, 2).reshape(c, -1), prob[production],
-            stack.per_member_keys(key, c), config.permutations)["p_value"]
-        calibrated = {
-            "p_value": float(stats_lib.calibrated_p_value(overall[controls],
-                                                          overall[production])),
-            "p_value_rank": stats_lib.calibrated_p_value(per_class[controls],
-                                                         per_class[production]).tolist(),
-            "class_p": class_perm.tolist(),
-            "p_value_corrected": stats_lib.CORRECTIONS[config.correction](class_perm).tolist()}
-    return {
-        "base_score": float(overall[0]), "production_score": float(overall[production]),
-        "control_scores": overall[controls].tolist(), "p_value": calibrated["p_value"],
-        "base_member_fraction": float(base_frac), "production_member_fraction": float(prod_frac),
-        "per_class": {"base": per_class[0].tolist(), "production": per_class[production].tolist(),
-                      "control_mean": (per_class[controls].mean(0).tolist() if len(controls)
-                                       else None),
-                      "p_value_rank": calibrated["p_value_rank"],
-                      "p_value": calibrated["class_p"],
-                      "p_value_corrected": calibrated["p_value_corrected"]},
-        "permutation_test": perm,
-        "seed_rule": {"ratio": SEED_RULE_RATIO,
-                      "is_drift": bool(prod_frac < SEED_RULE_RATIO * base_frac)},
-    }
-
-
 @dataclasses.dataclass
 class _SeedPlan:
     """One seed's data: splits into the pool, its (drifted) production data, control subsets."""
@@ -278,31 +188,47 @@ def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
     return _SeedPlan(config, split, prod_data, scenario, control_ix, keys)
 
 
-def _train_all(spec: ModelSpec, config: DetectConfig, pool: Dataset, plans: list[_SeedPlan],
-               production_model: dict | None, progress: bool) -> dict:
-    """Steps 1-2 and the controls for every seed: one stack on one device-resident image array
-    (each seed's production images appended). Members per seed: base, production, controls;
-    each member's keys depend on its seed and role only, so stacking seeds changes nothing."""
-    images, labels, offset = [pool.images], [pool.labels], len(pool)
-    indices, init_keys, train_keys = [], [], []
-    with_production = plans[0].production is not None
-    for plan in plans:
-        roles = [plan.split["base"]]
-        if with_production:
+@dataclasses.dataclass(frozen=True)
+class _StackedData:
+    """One image array for every seed: the pool, then each seed's (drifted) production images.
+    ``production`` [S, n_p] are the rows of each seed's production data (empty without it)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    production: np.ndarray
+
+    @classmethod
+    def build(cls, pool: Dataset, plans: list[_SeedPlan]) -> _StackedData:
+        images, labels, rows, offset = [pool.images], [pool.labels], [], len(pool)
+        for plan in plans:
+            if plan.production is None:
+                rows.append(np.zeros(0, np.int64))
+                continue
             images.append(plan.production.images)
             labels.append(plan.production.labels)
-            roles.append(offset + np.arange(len(plan.production)))
+            rows.append(offset + np.arange(len(plan.production)))
             offset += len(plan.production)
-        roles += plan.control_ix
+        return cls(np.concatenate(images), np.concatenate(labels), np.stack(rows))
+
+
+def _train_all(spec: ModelSpec, config: DetectConfig, data: _StackedData,
+               plans: list[_SeedPlan], production_model: dict | None, progress: bool) -> dict:
+    """Steps 1-2 and the controls for every seed: one stack on one device-resident image array.
+    Members per seed: base, production, controls; each member's keys depend on its seed and role
+    only, so stacking seeds changes nothing."""
+    indices, init_keys, train_keys = [], [], []
+    with_production = production_model is None
+    for plan, production_rows in zip(plans, data.production):
+        roles = [plan.split["base"], *([production_rows] if with_production else []),
+                 *plan.control_ix]
         # A given production model takes role 1: trained members skip it, keys keep their role.
         role_ids = np.array([0, *range(2 - with_production, plan.group_size)])
         indices += roles
         init_keys.append(stack.per_member_keys(plan.keys["init"], plan.group_size)[role_ids])
         train_keys.append(stack.per_member_keys(plan.keys["train"], plan.group_size)[role_ids])
     variables = stack.init_stack(spec, jax.numpy.concatenate(init_keys))
-    trained = stack.train_stack(spec, variables, np.concatenate(images), np.concatenate(labels),
-                                indices, config.train, jax.numpy.concatenate(train_keys),
-                                progress=progress).variables
+    trained = stack.train_stack(spec, variables, data.images, data.labels, indices, config.train,
+                                jax.numpy.concatenate(train_keys), progress=progress).variables
     if with_production:
         return trained
     # Append the given model once, then gather it into role 1 of every seed's group.
@@ -351,164 +277,211 @@ def detect_drift(config: DetectConfig, base: Dataset | None = None,
 def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
                        production: Dataset | None = None, progress: bool = True,
                        cache: TrainedCache | None = None) -> list[DriftReport]:
-    """`detect_drift` for several seeds of one config as one stack: S seeds x (2 + M) models
-    train as one program and invert as one program; attacks and tests then run per seed.
-    Each report equals the one a single-seed run gives (keys depend on seed and role only).
-    With a ``cache``, a stack trained by an earlier call of the same training settings is
-    reused (``timings["train_reused"]`` says so)."""
+    """`detect_drift` for several seeds of one config as one stack (module docstring). Each
+    seed's keys, splits and data depend on that seed only, so its report is the one a
+    single-seed run gives (to float rounding where learned attacks train batched). With a
+    ``cache``, a stack trained by an earlier call of the same training settings is reused
+    (``timings["train_reused"]`` says so)."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise DriftJaxError(f"seeds must be distinct and non-empty, got {seeds}.")
-    clock = time.perf_counter()
-    base = base if base is not None else data_lib.load(config.base)
-    pool, holdout_ix = _with_holdout(config, base)
-    plans = [_plan(dataclasses.replace(config, seed=s), pool, base.labels, holdout_ix,
-                   production) for s in seeds]
-    spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
-    production_model = None
-    if config.production_model:  # checked before any training
-        production_model = stack.load_stack(config.production_model, expect=spec)[1]
-    shared = {"data": time.perf_counter() - clock}
-    clock = time.perf_counter()
-    cache_key = TrainedCache.key(config, seeds) if cache is not None else None
-    trained = cache.get(cache_key) if cache is not None else None
-    shared["train_reused"] = int(trained is not None)
-    if trained is None:
-        trained = _train_all(spec, config, pool, plans, production_model, progress)
-        if cache is not None:
-            cache.put(cache_key, trained)
-    shared["train"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    # Steps 3-4: gray data of every model of every seed, one program.
-    inv_keys = jax.numpy.concatenate([stack.per_member_keys(p.keys["invert"], p.group_size)
-                                      for p in plans])
-    gray = invert(spec, trained, range(base.num_classes), config.inversion, inv_keys,
-                  progress=progress)
-    shared["invert"] = time.perf_counter() - clock
-    reports = []
-    for g, plan in enumerate(plans):
-        members = np.arange(g * plan.group_size, (g + 1) * plan.group_size)
-        group = stack.member(trained, members)
-        report = _decide(spec, plan, pool, group, gray.select(members))
-        report.timings = {**shared, **report.timings, "seeds_sharing_train_and_invert":
-                          len(seeds)}
-        report.timings["total"] = sum(v for k, v in report.timings.items() if k not in (
-            "total", "seeds_sharing_train_and_invert", "train_reused"))
-        reports.append(report)
-    return reports
+    clock = runtime.StageClock()
+    with clock("data"):
+        base = base if base is not None else data_lib.load(config.base)
+        pool, holdout_ix = _with_holdout(config, base)
+        plans = [_plan(dataclasses.replace(config, seed=s), pool, base.labels, holdout_ix,
+                       production) for s in seeds]
+        spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
+        production_model = None
+        if config.production_model:  # checked before any training
+            production_model = stack.load_stack(config.production_model, expect=spec)[1]
+        data = _StackedData.build(pool, plans)
+    with clock("train"):
+        cache_key = TrainedCache.key(config, seeds) if cache is not None else None
+        trained = cache.get(cache_key) if cache is not None else None
+        train_reused = int(trained is not None)
+        if trained is None:
+            trained = _train_all(spec, config, data, plans, production_model, progress)
+            if cache is not None:
+                cache.put(cache_key, trained)
+    with clock("invert"):  # steps 3-4: gray data of every model of every seed, one program
+        inv_keys = jax.numpy.concatenate([stack.per_member_keys(p.keys["invert"], p.group_size)
+                                          for p in plans])
+        gray = invert(spec, trained, range(base.num_classes), config.inversion, inv_keys,
+                      progress=progress)
+    outcome = _decide(spec, plans, data, trained, gray, list(pool.class_names), clock, progress)
+    timings = {**clock.seconds, "total": sum(clock.seconds.values()),
+               "seeds_sharing_train_and_invert": len(seeds), "train_reused": train_reused,
+               "compiles": clock.compiles}
+    group = plans[0].group_size
+    return [DriftReport(**fields, timings=timings, config=to_dict(plan.config),
+                        class_names=list(pool.class_names), scenario=plan.scenario,
+                        environment=runtime.environment(),
+                        gray=gray.select(np.arange(g * group, (g + 1) * group)))
+            for g, (plan, fields) in enumerate(zip(plans, outcome))]
 
 
-def _decide(spec: ModelSpec, plan: _SeedPlan, pool: Dataset, trained: dict,
-            gray: GrayData) -> DriftReport:
-    """Steps 5-7 and the baselines for one seed's trained group and its gray data."""
-    config, split, timings = plan.config, plan.split, {}
-    clock = time.perf_counter()
-    holdout_ix = split["holdout"]
-    production_index, controls = 1, np.arange(2, plan.group_size)
-    evaluation = stack.evaluate_stack(spec, trained, pool.images[holdout_ix],
-                                      pool.labels[holdout_ix])
-    accuracy = {"base": evaluation["accuracy"][0], "production": evaluation["accuracy"][1],
-                "controls": evaluation["accuracy"][2:]}
-
-    # Steps 5-6: membership inference against the base model.
-    base_vars = stack.member(trained, slice(0, 1))
-    attacks, shared = {}, {}
-    for i, name in enumerate(config.attacks):
-        attack = _build_attack(name, config, spec, base_vars, pool, split["base"],
-                               split["reference"], holdout_ix,
-                               jax.random.fold_in(plan.keys["attack"], i), shared)
-        attacks[name] = _score_attack(attack, gray, config, production_index, controls,
-                                      jax.random.fold_in(plan.keys["test"], i))
-        timings[f"attack_{name}"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-
-    # Step 7. With controls, the calibrated test decides, and classes are named only when the
-    # global test rejects (gatekeeping): per-image permutation p-values ignore the between-model
-    # variance, so on their own they would name classes of an undrifted production model too
-    # often. Without controls (the original protocol) only the seed rule is available.
-    primary = attacks[config.primary_attack]
-    if config.controls:
-        is_drift = bool(primary["p_value"] <= config.alpha)
-        corrected = np.asarray(primary["per_class"]["p_value_corrected"])
-        drifted = [pool.class_names[c] for c in np.flatnonzero(corrected <= config.alpha)
-                   if is_drift]
-    else:
-        is_drift, drifted = primary["seed_rule"]["is_drift"], []
-
-    found = {}
-    holdout_x = pool.images[holdout_ix].astype(np.float32) / 255
-    if "disagreement" in config.baselines and config.controls:
-        preds = stack_logits(spec, trained, holdout_x).argmax(-1)
-        found["disagreement"] = baselines.disagreement(preds, production_index, controls)
-    if plan.production is not None:
-        prod_x = plan.production.images.astype(np.float32) / 255
-        if "bbsd" in config.baselines:
-            soft = lambda x: np.asarray(jax.nn.softmax(stack_logits(spec, base_vars, x)[0]))
-            found["bbsd"] = baselines.bbsd(soft(holdout_x), soft(prod_x))
-        if "mmd" in config.baselines:
-            found["mmd"] = baselines.mmd_test(holdout_x, prod_x,
-                                              jax.random.fold_in(plan.keys["test"], 99),
-                                              config.permutations)
-    for result in found.values():
-        result["is_drift"] = bool(result["p_value"] <= config.alpha)
-    timings["baselines"] = time.perf_counter() - clock
-    return DriftReport(
-        is_drift=is_drift, p_value=primary["p_value"],
-        drifted_classes=drifted, attacks=attacks, baselines=found, accuracy=accuracy,
-        timings=timings, config=to_dict(config), class_names=list(pool.class_names),
-        scenario=plan.scenario, environment=runtime.environment(), gray=gray)
+def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, images,
+                    targets: dict, progress: bool, clock) -> membership.AttackContext:
+    """The S base models as attack targets: each seed's known members (from its base split)
+    and non-members (its holdout), and, when an attack needs them, one shadow stack of S x K
+    models on each seed's reference + holdout pool."""
+    config = plans[0].config
+    members, nonmembers = [], []
+    for plan in plans:
+        rng = np.random.default_rng(plan.config.seed)
+        n_fit = min(config.attack_fit_size, len(plan.split["base"]), len(plan.split["holdout"]))
+        members.append(rng.choice(plan.split["base"], n_fit, replace=False))
+        nonmembers.append(rng.choice(plan.split["holdout"], n_fit, replace=False))
+    keys = jax.numpy.stack([p.keys["attack"] for p in plans])
+    shadows = None
+    if any(membership.ATTACKS[name].needs_shadows for name in config.attacks):
+        with clock("shadows"):
+            pools = np.stack([np.concatenate([p.split["reference"], p.split["holdout"]])
+                              for p in plans])
+            shadow_keys = jax.vmap(lambda k: jax.random.fold_in(k, len(ATTACKS)))(keys)
+            shadows = membership.train_shadows(spec, data.images, data.labels, pools,
+                                               config.num_shadows, config.train, shadow_keys,
+                                               progress)
+    return membership.AttackContext(spec, targets, images, data.labels, np.stack(members),
+                                    np.stack(nonmembers), keys, shadows)
 
 
-def summary_lines(report: DriftReport) -> list[str]:
-    """The verdict a person reads first."""
-    cfg = report.config
-    verdict = "DRIFT" if report.is_drift else "no drift"
-    decided_by = (f"p = {report.p_value:.3f} by {cfg['primary_attack']}, alpha {cfg['alpha']}, "
-                  f"{cfg['controls']} control models" if cfg["controls"] else
-                  f"uncalibrated: {cfg['primary_attack']} seed rule, no control models")
-    lines = [f"verdict: {verdict} ({decided_by})",
-             f"scenario: {report.scenario['name']} (severity {report.scenario['severity']})",
-             f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
-    for name, a in report.attacks.items():
-        calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
-                      f"{a['p_value']:.3f}" if a["control_scores"] else "")
-        lines.append(f"  {name}: base {a['base_score']:.3f} (members "
-                     f"{a['base_member_fraction']:.2f}), production {a['production_score']:.3f}"
-                     f" (members {a['production_member_fraction']:.2f}){calibrated}; "
-                     "permutation p = "
-                     f"{a['permutation_test']['p_value']:.3f}; seed rule "
-                     f"{'drift' if a['seed_rule']['is_drift'] else 'no drift'}")
-    for name, b in report.baselines.items():
-        lines.append(f"  baseline {name}: p = {b['p_value']:.3f}")
-    return lines
-
-
-def write_report(report: DriftReport, out: str | Path) -> Path:
-    """report.json, config.json, summary.md, gray.npz and figures/, each written atomically;
-    report.json last, so a folder with it holds a finished run."""
-    from drift_jax import figures
-    from drift_jax.files import atomic_write_bytes, atomic_write_json
-
-    out = Path(out)
-    atomic_write_json(out / "config.json", report.config)
-    if report.gray is not None:
-        report.gray.save(out / "gray.npz")
-        figures.gray_grid(out / "figures" / "gray_base_vs_production.png",
-                          report.gray.images[:2], report.class_names,
-                          ["base model", "production model"], "gray data")
-    for name, a in report.attacks.items():
-        figures.score_bars(out / "figures" / f"scores_{name}.png", report.class_names,
-                           a["per_class"], title=f"{name}: per-class score")
-        if not a["control_scores"]:
-            continue
-        figures.null_distribution(out / "figures" / f"null_{name}.png", a["control_scores"],
-                                  a["production_score"], a["base_score"],
-                                  title=f"{name}: control null, p = {a['p_value']:.3f}")
-    md = ["# drift_jax detect", "", *[f"- {line.strip()}" for line in summary_lines(report)],
-          "", "| stage | seconds |", "|---|---|",
-          *[f"| {k} | {v:.1f} |" for k, v in report.timings.items()]]
-    atomic_write_bytes(out / "summary.md", ("\n".join(md) + "\n").encode())
-    atomic_write_json(out / "report.json", report.to_json())
+def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
+                  plans: list[_SeedPlan], attack_index: int) -> list[dict]:
+    """Statistics of one attack's per-image scores and member decisions [S, models, C, samples]
+    (models: base, production, controls...) for every seed; without controls the p-values are
+    None and only the seed rule and the permutation test decide."""
+    num_seeds, num_models, c = scores.shape[:3]
+    controls = np.arange(2, num_models)
+    per_class = scores.mean(3)  # [S, models, C]
+    overall = per_class.mean(2)
+    keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], attack_index) for p in plans])
+    perm = stats_lib.permutation_tests(scores[:, 0].reshape(num_seeds, -1),
+                                       scores[:, 1].reshape(num_seeds, -1), keys,
+                                       config.permutations)
+    if len(controls):
+        # Localisation: a rank among M controls cannot survive a correction over C classes
+        # unless M >= C / alpha, so each class compares the production model's per-image scores
+        # with the pooled per-image scores of the controls by permutation, then corrects.
+        pooled = scores[:, controls].transpose(0, 2, 1, 3).reshape(num_seeds * c, -1)
+        class_keys = jax.vmap(lambda k: stack.per_member_keys(k, c))(keys).reshape(-1)
+        class_p = stats_lib.permutation_tests(
+            pooled, scores[:, 1].reshape(num_seeds * c, -1), class_keys,
+            config.permutations)["p_value"].reshape(num_seeds, c)
+        p_value = stats_lib.calibrated_p_value(overall[:, controls].T, overall[:, 1])
+        rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
+                                              per_class[:, 1])
+    out = []
+    for s in range(num_seeds):
+        base_frac, prod_frac = flagged[s, 0].mean(), flagged[s, 1].mean()
+        calibrated = len(controls) > 0
+        out.append({
+            "base_score": float(overall[s, 0]), "production_score": float(overall[s, 1]),
+            "control_scores": overall[s, controls].tolist(),
+            "p_value": float(p_value[s]) if calibrated else None,
+            "base_member_fraction": float(base_frac),
+            "production_member_fraction": float(prod_frac),
+            "per_class": {
+                "base": per_class[s, 0].tolist(), "production": per_class[s, 1].tolist(),
+                "control_mean": per_class[s, controls].mean(0).tolist() if calibrated else None,
+                "p_value_rank": rank_p[s].tolist() if calibrated else None,
+                "p_value": class_p[s].tolist() if calibrated else None,
+                "p_value_corrected": (stats_lib.CORRECTIONS[config.correction](class_p[s])
+                                      .tolist() if calibrated else None)},
+            "permutation_test": {"statistic": float(perm["statistic"][s]),
+                                 "p_value": float(perm["p_value"][s])},
+            "seed_rule": {"ratio": SEED_RULE_RATIO,
+                          "is_drift": bool(prod_frac < SEED_RULE_RATIO * base_frac)}})
     return out
 
 
+def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained: dict,
+            gray: GrayData, class_names: list[str], clock: runtime.StageClock,
+            progress: bool) -> list[dict]:
+    """Steps 5-7 and the baselines for every seed at once; one dict of `DriftReport` fields per
+    seed."""
+    config = plans[0].config
+    num_seeds, group = len(plans), plans[0].group_size
+    images = jax.device_put(data.images)  # resident for every inference call below
+    holdout = np.stack([p.split["holdout"] for p in plans])  # [S, n]
+    base_members = np.arange(num_seeds) * group
+    with clock("evaluate"):  # every model on its seed's holdout: one inference call
+        logits = stack.predict(spec, trained, images, np.repeat(holdout, group, axis=0))
+        truth = np.repeat(data.labels[holdout], group, axis=0)
+        accuracy = np.asarray(stack.accuracy_from_logits(logits, truth, spec.num_classes)[
+            "accuracy"]).reshape(num_seeds, group)
+
+    # Steps 5-6: membership inference against the base model of every seed.
+    targets = stack.member(trained, base_members)
+    context = _attack_context(spec, plans, data, images, targets, progress, clock)
+    m, c, samples = gray.images.shape[:3]
+    gray_images = gray.images.reshape(num_seeds, group * c * samples, *gray.images.shape[3:])
+    gray_labels = gray.labels.reshape(num_seeds, -1)
+    attacks = [{} for _ in plans]
+    for i, name in enumerate(config.attacks):
+        with clock(f"attack_{name}"):
+            keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(context.keys)
+            attack = membership.ATTACKS[name]().fit(dataclasses.replace(context, keys=keys))
+            scores = attack.score(gray_images, gray_labels)
+            shape = (num_seeds, group, c, samples)
+            for s, result in enumerate(_score_attack(
+                    scores.probability.reshape(shape), scores.decision.reshape(shape), config,
+                    plans, i)):
+                attacks[s][name] = result
+
+    with clock("baselines"):
+        found = _baselines(config, plans, data, images, holdout, logits, targets, spec)
+    out = []
+    for s in range(num_seeds):
+        # Step 7. With controls, the calibrated test decides, and classes are named only when
+        # the global test rejects (gatekeeping): per-image permutation p-values ignore the
+        # between-model variance, so on their own they would name classes of an undrifted
+        # production model too often. Without controls (the original protocol) only the seed
+        # rule is available.
+        primary = attacks[s][config.primary_attack]
+        if config.controls:
+            is_drift = bool(primary["p_value"] <= config.alpha)
+            corrected = np.asarray(primary["per_class"]["p_value_corrected"])
+            drifted = ([class_names[k] for k in np.flatnonzero(corrected <= config.alpha)]
+                       if is_drift else [])
+        else:
+            is_drift, drifted = primary["seed_rule"]["is_drift"], []
+        out.append({"is_drift": is_drift, "p_value": primary["p_value"],
+                    "drifted_classes": drifted, "attacks": attacks[s], "baselines": found[s],
+                    "accuracy": {"base": float(accuracy[s, 0]),
+                                 "production": float(accuracy[s, 1]),
+                                 "controls": accuracy[s, 2:].tolist()}})
+    return out
+
+
+def _baselines(config: DetectConfig, plans: list[_SeedPlan], data: _StackedData, images,
+               holdout: np.ndarray, logits: np.ndarray, targets: dict,
+               spec: ModelSpec) -> list[dict]:
+    """Model disagreement (from the evaluation's predictions), BBSD and MMD, every seed at once.
+    ``logits`` [S * (2 + M), n, C] are every model's on its seed's holdout."""
+    num_seeds = len(plans)
+    found = [{} for _ in plans]
+    group = plans[0].group_size
+    if "disagreement" in config.baselines and config.controls:
+        preds = logits.argmax(-1).reshape(num_seeds, group, -1)
+        for s in range(num_seeds):
+            found[s]["disagreement"] = baselines.disagreement(preds[s], 1, np.arange(2, group))
+    if data.production.shape[1]:
+        if "bbsd" in config.baselines:
+            base_soft = special.softmax(logits.reshape(num_seeds, group, *logits.shape[1:])[:, 0],
+                                        axis=-1)
+            prod_soft = special.softmax(stack.predict(spec, targets, images, data.production),
+                                        axis=-1)
+            for s, result in enumerate(baselines.bbsd(base_soft, prod_soft)):
+                found[s]["bbsd"] = result
+        if "mmd" in config.baselines:
+            keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 99) for p in plans])
+            results = baselines.mmd_tests(data.images[holdout], data.images[data.production],
+                                          keys, config.permutations)
+            for s, result in enumerate(results):
+                found[s]["mmd"] = result
+    for per_seed in found:
+        for result in per_seed.values():
+            result["is_drift"] = bool(result["p_value"] <= config.alpha)
+    return found

@@ -44,7 +44,7 @@ from drift_jax.config import ExecutionConfig
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_bytes
 from drift_jax.models import ModelSpec
-from drift_jax.stack import map_members, per_member_keys, resolve_execution, stack_size
+from drift_jax.stack import map_members, per_member_keys, predict, resolve_execution, stack_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,15 +380,10 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
                     active_steps=steps.reshape(m, c, s), seconds=seconds, compiles=counter.count)
 
 
-def transfer_rate(spec: ModelSpec, judge_variables: dict, gray: GrayData,
-                  member_mode: str | None = None) -> np.ndarray:
+def transfer_rate(spec: ModelSpec, judge_variables: dict, gray: GrayData) -> np.ndarray:
     """Fraction of each inverting model's gray images that independently trained judge models
     classify as the target class: [judges, inverting models]."""
-    from drift_jax.stack import predict_stack
-
-    mode = member_mode or resolve_execution(ExecutionConfig()).member_mode
     m, c, s = gray.images.shape[:3]
-    flat = jnp.asarray(gray.images.reshape(m * c * s, *gray.images.shape[3:]))
-    logits = jax.jit(lambda v, x: predict_stack(spec, v, x, mode))(judge_variables, flat)
-    hits = np.asarray(logits).argmax(-1) == gray.labels.reshape(-1)[None]
+    logits = predict(spec, judge_variables, gray.images.reshape(m * c * s, *spec.image_shape))
+    hits = logits.argmax(-1) == gray.labels.reshape(-1)[None]
     return hits.reshape(-1, m, c * s).mean(-1)

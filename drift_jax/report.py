@@ -1,4 +1,6 @@
-"""`drift-jax report SWEEP_DIR`: every finished run under a folder -> tables and figures.
+"""Results on disk: one run's report (`DriftReport`, `write_report`: report.json, summary.md,
+gray data and figures), and `drift-jax report SWEEP_DIR`: every finished run under a folder ->
+tables and figures.
 
 Runs are found by their ``report.json`` (any depth, so the folders of several sweep tasks or
 machines merge by being put side by side). Grouped by every config key that varies across the
@@ -12,6 +14,7 @@ gray data (the original work's table).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,6 +23,95 @@ import numpy as np
 
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_bytes, atomic_write_json
+from drift_jax.inversion import GrayData
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclasses.dataclass
+class DriftReport:
+    """Everything a run decided and measured; `to_json()` is what report.json holds.
+
+    ``timings`` holds wall seconds per stage (shared by the seeds that ran as one stack),
+    ``total``, and ``compiles``: per stage, XLA executables built (``count``), seconds spent on
+    them and how many came from the persistent compilation cache (``cache_hits``)."""
+
+    is_drift: bool
+    p_value: float
+    drifted_classes: list[str]
+    attacks: dict
+    baselines: dict
+    accuracy: dict
+    timings: dict
+    config: dict
+    class_names: list[str]
+    scenario: dict
+    environment: dict
+    gray: GrayData | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(dataclasses.replace(self, gray=None))
+        out.pop("gray")
+        return out
+
+
+def summary_lines(report: DriftReport) -> list[str]:
+    """The verdict a person reads first."""
+    cfg = report.config
+    verdict = "DRIFT" if report.is_drift else "no drift"
+    decided_by = (f"p = {report.p_value:.3f} by {cfg['primary_attack']}, alpha {cfg['alpha']}, "
+                  f"{cfg['controls']} control models" if cfg["controls"] else
+                  f"uncalibrated: {cfg['primary_attack']} seed rule, no control models")
+    lines = [f"verdict: {verdict} ({decided_by})",
+             f"scenario: {report.scenario['name']} (severity {report.scenario['severity']})",
+             f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
+    for name, a in report.attacks.items():
+        calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
+                      f"{a['p_value']:.3f}" if a["control_scores"] else "")
+        lines.append(f"  {name}: base {a['base_score']:.3f} (members "
+                     f"{a['base_member_fraction']:.2f}), production {a['production_score']:.3f}"
+                     f" (members {a['production_member_fraction']:.2f}){calibrated}; "
+                     "permutation p = "
+                     f"{a['permutation_test']['p_value']:.3f}; seed rule "
+                     f"{'drift' if a['seed_rule']['is_drift'] else 'no drift'}")
+    for name, b in report.baselines.items():
+        lines.append(f"  baseline {name}: p = {b['p_value']:.3f}")
+    return lines
+
+
+def write_report(report: DriftReport, out: str | Path) -> Path:
+    """report.json, config.json, summary.md, gray.npz and figures/, each written atomically;
+    report.json last, so a folder with it holds a finished run."""
+    from drift_jax import figures
+
+    out = Path(out)
+    atomic_write_json(out / "config.json", report.config)
+    if report.gray is not None:
+        report.gray.save(out / "gray.npz")
+        figures.gray_grid(out / "figures" / "gray_base_vs_production.png",
+                          report.gray.images[:2], report.class_names,
+                          ["base model", "production model"], "gray data")
+    for name, a in report.attacks.items():
+        figures.score_bars(out / "figures" / f"scores_{name}.png", report.class_names,
+                           a["per_class"], title=f"{name}: per-class score")
+        if not a["control_scores"]:
+            continue
+        figures.null_distribution(out / "figures" / f"null_{name}.png", a["control_scores"],
+                                  a["production_score"], a["base_score"],
+                                  title=f"{name}: control null, p = {a['p_value']:.3f}")
+    md = ["# drift_jax detect", "", *[f"- {line.strip()}" for line in summary_lines(report)],
+          "", "| stage | seconds |", "|---|---|",
+          *[f"| {k} | {v:.1f} |" for k, v in report.timings.items()
+            if isinstance(v, float)]]
+    atomic_write_bytes(out / "summary.md", ("\n".join(md) + "\n").encode())
+    atomic_write_json(out / "report.json", report.to_json())
+    return out
+
+
+
+
+# ----------------------------------------------------------------------------- sweeps
+
 
 IGNORED_KEYS = ("seed",)
 

@@ -100,6 +100,13 @@ def stack_size(variables: Any) -> int:
 
 def member(variables: Any, index) -> Any:
     """Members selected by ``index`` (an int, slice or index array) of a stack."""
+    if isinstance(index, int | slice):
+        return jax.tree.map(lambda x: x[index], variables)
+    return _take_members(variables, jnp.asarray(index))
+
+
+@jax.jit
+def _take_members(variables: Any, index: jax.Array) -> Any:
     return jax.tree.map(lambda x: x[index], variables)
 
 
@@ -359,6 +366,8 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
         trained = jax.block_until_ready(state.variables)
         if jax.process_count() > 1:  # global arrays: give every process the whole stack
             trained = devices_lib.to_host(trained)
+        elif mesh.size == 1:  # plain device arrays: later programs see one input layout
+            trained = jax.device_put(trained, mesh.devices.flat[0])
         seconds = time.perf_counter() - start
     return TrainResult(trained, history, seconds, execution, devices_lib.describe(mesh),
                        counter.count)
@@ -395,47 +404,111 @@ def _check_finite(chunk_loss: np.ndarray, epoch: int, chunk: int) -> None:
 
 # ----------------------------------------------------------------------------- inference
 
+PREDICT_BATCH = 512  # images per member per step of the inference program
+
 
 def predict_stack(spec: ModelSpec, variables: dict, images: jax.Array,
                   member_mode: str = "vmap") -> jax.Array:
-    """Logits of every member on the same float images [B, H, W, C] in [0, 1] -> [N, B, C]."""
+    """Logits of every member on the same float images [B, H, W, C] in [0, 1] -> [N, B, C].
+
+    The traceable building block; `predict` is the compiled, batched entry point."""
     module = spec.build()
     return map_members(lambda v: module.apply(v, images, train=False), member_mode, variables)
 
 
-def evaluate_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np.ndarray,
-                   batch_size: int = 500, member_mode: str | None = None) -> dict:
-    """Accuracy [N] and per-class accuracy [N, C] of every member, one compiled program.
+def _as_model_input(x: jax.Array) -> jax.Array:
+    """uint8 0..255 -> float32 [0, 1]; float images pass through as float32."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
 
-    images: uint8 [num_examples, H, W, C]; the last batch is padded, not recompiled.
+
+@functools.lru_cache(maxsize=32)
+def _predict_program(spec: ModelSpec, member_mode: str, per_member: bool, flip: bool):
+    """One compiled inference program per (spec, execution, index kind): images and index
+    arrays are arguments, so every call of one shape reuses it."""
+    module = spec.build()
+
+    def run(variables, images, index):
+        # index: [N or 1, batches, B] -> logits [N, batches, B, C]
+        def one_batch(ix):  # ix: [N or 1, B]
+            def member_logits(v, x):
+                x = _as_model_input(x)
+                return module.apply(v, x[:, :, ::-1] if flip else x, train=False)
+
+            if per_member:
+                return map_members(lambda v, i: member_logits(v, images[i]), member_mode,
+                                   variables, ix)
+            x = images[ix[0]]
+            return map_members(lambda v: member_logits(v, x), member_mode, variables)
+
+        out = jax.lax.map(one_batch, jnp.moveaxis(index, 1, 0))  # [batches, N, B, C]
+        return jnp.moveaxis(out, 0, 1)
+
+    return jax.jit(run)
+
+
+def predict(spec: ModelSpec, variables: dict, images, index=None, *, flip: bool = False,
+            batch_size: int = PREDICT_BATCH, member_mode: str | None = None) -> np.ndarray:
+    """Logits of every member of a stack: the one batched-inference path of the package.
+
+    Args:
+      spec: the stack's architecture.
+      variables: leaves [N, ...].
+      images: [P, H, W, ch], uint8 0..255 or float in [0, 1]; a device array stays on device
+        (pass one array to many calls to keep the data resident).
+      index: None (every member sees all P images), int [n] (every member sees images[index])
+        or int [N, n] (member m sees images[index[m]]: its own holdout, gray data, ...).
+      flip: mirror the images horizontally first (LiRA's augmentation).
+      batch_size: images per member per step; the last batch is padded, so each shape
+        compiles once.
+    Returns:
+      float32 logits [N, n, C].
     """
-    chex.assert_type(images, np.uint8)
-    chex.assert_shape(labels, (images.shape[0],))
-    n = images.shape[0]
+    num_members = stack_size(variables)
+    if index is None:
+        index = np.arange(images.shape[0])
+    index = np.asarray(index, np.int32)
+    per_member = index.ndim == 2
+    if per_member and index.shape[0] != num_members:
+        raise DriftJaxError(f"predict: {index.shape[0]} index rows for a stack of {num_members} "
+                            "members; pass one row per member, or one shared [n] index.")
+    rows = index if per_member else index[None]
+    n = rows.shape[1]
+    if n == 0:
+        return np.zeros((num_members, 0, spec.num_classes), np.float32)
+    batch = min(batch_size, n)
+    batches = -(-n // batch)
+    padded = np.concatenate([rows, np.repeat(rows[:, :1], batches * batch - n, 1)], 1)
     mode = member_mode or resolve_execution(ExecutionConfig()).member_mode
-    batches = -(-n // batch_size)
-    idx = np.arange(batches * batch_size) % n
-    valid = (np.arange(batches * batch_size) < n).reshape(batches, batch_size)
+    program = _predict_program(spec, mode, per_member, flip)
+    out = program(variables, images, padded.reshape(len(rows), batches, batch))
+    return np.asarray(out).reshape(num_members, batches * batch, -1)[:, :n]
 
-    @jax.jit
-    def run(variables, images, labels, idx, valid):
-        def one_batch(args):
-            ix, ok = args
-            logits = predict_stack(spec, variables, images[ix].astype(jnp.float32) / 255.0, mode)
-            hit = (jnp.argmax(logits, -1) == labels[ix]) & ok  # [N, B]
-            onehot = jax.nn.one_hot(labels[ix], spec.num_classes) * ok[:, None]
-            return hit.astype(jnp.float32) @ onehot, onehot.sum(0)
 
-        hits, counts = jax.lax.map(one_batch, (idx.reshape(batches, batch_size), valid))
-        return hits.sum(0), counts.sum(0)
+def evaluate_stack(spec: ModelSpec, variables: dict, images, labels: np.ndarray,
+                   index=None, batch_size: int = PREDICT_BATCH,
+                   member_mode: str | None = None) -> dict:
+    """Accuracy [N] and per-class accuracy [N, C] of every member, through `predict`.
 
-    hits, counts = run(variables, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                       jnp.asarray(idx), jnp.asarray(valid))
-    hits, counts = np.asarray(hits), np.asarray(counts)
-    return {
-        "accuracy": (hits.sum(1) / counts.sum()).tolist(),
-        "per_class_accuracy": (hits / np.maximum(counts, 1)).tolist(),
-    }
+    images: [P, H, W, C] (uint8 or float in [0, 1]); labels int [P]; ``index`` as in `predict`
+    (None: all images; [N, n]: each member its own evaluation set).
+    """
+    labels = np.asarray(labels)
+    chex.assert_shape(labels, (images.shape[0],))
+    index = np.arange(len(labels)) if index is None else np.asarray(index)
+    logits = predict(spec, variables, images, index, batch_size=batch_size,
+                     member_mode=member_mode)
+    truth = np.broadcast_to(labels[index], logits.shape[:2])
+    return accuracy_from_logits(logits, truth, spec.num_classes)
+
+
+def accuracy_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """logits [N, n, C], labels [N, n] -> {"accuracy": [N], "per_class_accuracy": [N, C]}."""
+    hit = logits.argmax(-1) == labels
+    onehot = labels[..., None] == np.arange(num_classes)
+    hits = (hit[..., None] & onehot).sum(1)
+    counts = onehot.sum(1)
+    return {"accuracy": hit.mean(1).tolist(),
+            "per_class_accuracy": (hits / np.maximum(counts, 1)).tolist()}
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -1,7 +1,7 @@
 """Sweeps: a `DetectConfig` and a grid of config keys -> one run folder per point.
 
 A point's folder is ``OUT/runs/<id>``, ``id`` a hash of its resolved config, holding what
-`detect.write_report` writes (``report.json`` last, so its presence marks a finished run).
+`report.write_report` writes (``report.json`` last, so its presence marks a finished run).
 Finished runs are skipped, so a sweep killed at any moment (SIGKILL included) and started again
 ends with the results of an uninterrupted one. Points that differ only in ``seed`` run as one
 stack (`detect.detect_drift_seeds`); each seed's numbers do not depend on its companions.
@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from drift_jax import config as config_lib
 from drift_jax import data as data_lib
-from drift_jax.detect import DetectConfig, TrainedCache, detect_drift_seeds, write_report
+from drift_jax.detect import DetectConfig, TrainedCache, detect_drift_seeds
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_json
+from drift_jax.report import write_report
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ subset (25 epochs); the attacks score all 5,000 (2,500 members, 2,500 non-member
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from train_seedcnn import SHARED  # noqa: E402
 from drift_jax import data, membership, runtime, stack  # noqa: E402
 from drift_jax.config import TrainConfig  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
-from drift_jax.membership.shadow import balanced_keep, train_shadows  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
 
 
@@ -50,11 +50,14 @@ def main() -> None:
     spec = ModelSpec("seedcnn", 10, ds.image_shape)
     recipe = TrainConfig(epochs=args.epochs, batch_size=64)
     key = jax.random.key(args.seed)
-    k_target, k_shadow, k_keep, k_bb, k_attack = jax.random.split(key, 5)
+    k_target, k_shadow, k_bb, k_attack = jax.random.split(key, 4)
     target = stack.train_stack(spec, stack.init_stack(spec, jax.random.split(k_target, 1)),
                                ds.images, ds.labels, [members], recipe, k_target).variables
     acc = stack.evaluate_stack(spec, target, ds.images, ds.labels)
-    hit = np.asarray(membership.RuleBased(spec, target).score(ds.images, ds.labels).decision)
+    context = lambda m, n, key, shadows=None: membership.AttackContext(
+        spec, target, ds.images, ds.labels, m, n, key, shadows)
+    everyone = context(members, np.flatnonzero(~members_mask), k_attack)
+    hit = np.asarray(membership.RuleBased().fit(everyone).score(ds.images, ds.labels).decision)
     print(f"target: train acc {hit[members_mask].mean():.3f}, "
           f"non-member acc {hit[~members_mask].mean():.3f}", flush=True)
     scores = {"rule_based": hit.astype(float)}
@@ -66,27 +69,25 @@ def main() -> None:
     bb = np.zeros(len(ds))
     for fit_half, score_half in (halves, halves[::-1]):
         m, n = fit_half[members_mask[fit_half]], fit_half[~members_mask[fit_half]]
-        attack = membership.BlackBox(spec, target).fit(ds.images[m], ds.labels[m], ds.images[n],
-                                                       ds.labels[n], k_bb)
+        attack = membership.BlackBox().fit(context(m, n, k_bb))
         bb[score_half] = attack.score(ds.images[score_half], ds.labels[score_half]).probability
     scores["black_box"] = bb
     timings["black_box"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    keep = balanced_keep(args.shadows, len(ds), k_keep)
-    shadows = train_shadows(spec, ds.images, ds.labels, keep, recipe, k_shadow, progress=True)
+    shadows = membership.train_shadows(spec, ds.images, ds.labels, np.arange(len(ds)),
+                                       args.shadows, recipe, k_shadow, progress=True)
     timings["train_shadows"] = time.perf_counter() - start
     start = time.perf_counter()
-    shadow_attack = membership.ShadowModels(spec, target, num_shadows=args.shadows).fit(
-        ds.images, ds.labels, k_attack, shadows=shadows, keep=keep)
+    with_shadows = dataclasses.replace(everyone, shadows=shadows)
+    shadow_attack = membership.ShadowModels().fit(with_shadows)
     scores["shadow"] = shadow_attack.score(ds.images, ds.labels).probability
     timings["shadow_attack"] = time.perf_counter() - start
-    lira = membership.LiRA(spec, target, num_shadows=args.shadows).fit(
-        ds.images, ds.labels, k_shadow, shadows=shadows, keep=keep)
+    lira = membership.LiRA().fit(with_shadows)
     for variant in ("online", "offline"):
-        scores[f"lira_{variant}"] = lira.score_pool(ds.images, ds.labels, variant)
+        scores[f"lira_{variant}"] = lira.score_pool(variant)[0]
     lira.fix_variance = True
-    scores["lira_online_fixed_variance"] = lira.score_pool(ds.images, ds.labels, "online")
+    scores["lira_online_fixed_variance"] = lira.score_pool("online")[0]
 
     table = {name: membership.attack_metrics(s, members_mask) for name, s in scores.items()}
     print("| attack | AUC | TPR@1%FPR | TPR@0.1%FPR |\n|---|---|---|---|")

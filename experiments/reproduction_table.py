@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_STAGES = ("data", "train", "invert")
-
 
 def rows(sweep_dir: Path) -> list[dict]:
     out = []
@@ -34,20 +32,14 @@ def rows(sweep_dir: Path) -> list[dict]:
 
 
 def stage_seconds(runs: list[dict]) -> dict:
-    """Shared stages once per seed group, per-seed stages summed."""
-    groups = {}
-    for r in runs:
-        t = r["timings"]
-        groups.setdefault(tuple(round(t[s], 3) for s in SHARED_STAGES), []).append(t)
+    """Stage seconds of the whole sweep: the seeds of a group share every stage (one stack), so
+    each group's timings count once."""
+    groups = {json.dumps(r["timings"], sort_keys=True): r["timings"] for r in runs}
     total: dict[str, float] = {}
-    for shared, members in groups.items():
-        for stage, seconds in zip(SHARED_STAGES, shared):
-            total[stage] = total.get(stage, 0.0) + seconds
-        for t in members:
-            for stage, seconds in t.items():
-                if stage not in (*SHARED_STAGES, "total", "train_reused",
-                                 "seeds_sharing_train_and_invert"):
-                    total[stage] = total.get(stage, 0.0) + seconds
+    for timings in groups.values():
+        for stage, seconds in timings.items():
+            if isinstance(seconds, float) and stage != "total":
+                total[stage] = total.get(stage, 0.0) + seconds
     total["sum"] = sum(total.values())
     return total
 

@@ -31,23 +31,25 @@ from bench_common import machine, update_section  # noqa: E402
 from drift_jax import data, membership, stack  # noqa: E402
 from drift_jax.config import TrainConfig  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
-from drift_jax.membership.shadow import balanced_keep, train_shadows  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
 
 K = 16
 
 
 def ours_stack_vs_sequential(ds, spec, recipe) -> dict:
-    keep = balanced_keep(K, len(ds), jax.random.key(0))
+    pool = np.arange(len(ds))
     warm = dataclasses.replace(recipe, epochs=1)
-    train_shadows(spec, ds.images, ds.labels, keep[:K], warm, jax.random.key(1))  # compile
+    membership.train_shadows(spec, ds.images, ds.labels, pool, K, warm,
+                             jax.random.key(1))  # compile
     one = lambda k: stack.init_stack(spec, jax.random.split(jax.random.key(k), 1))
-    stack.train_stack(spec, one(0), ds.images, ds.labels, [np.flatnonzero(keep[0])], warm,
+    stack.train_stack(spec, one(0), ds.images, ds.labels, [pool[: len(pool) // 2]], warm,
                       jax.random.key(1), progress=False)  # compile
     start = time.perf_counter()
-    jax.block_until_ready(train_shadows(spec, ds.images, ds.labels, keep, recipe,
-                                        jax.random.key(2)))
+    shadows = membership.train_shadows(spec, ds.images, ds.labels, pool, K, recipe,
+                                       jax.random.key(2))
+    jax.block_until_ready(shadows.variables)
     stacked = time.perf_counter() - start
+    keep = shadows.keep[0]
     start = time.perf_counter()
     for k in range(K):
         jax.block_until_ready(stack.train_stack(
@@ -63,10 +65,16 @@ def ours_stack_vs_sequential(ds, spec, recipe) -> dict:
 
 def ours_full(ds, spec, target, recipe) -> dict:
     start = time.perf_counter()
-    attack = membership.ShadowModels(spec, target, num_shadows=K, train=recipe).fit(
-        ds.images, ds.labels, jax.random.key(4))
-    return {"seconds": time.perf_counter() - start, "shadow_seconds": attack.shadow_seconds,
-            "attack_epochs": attack.models.epochs_trained[0]}
+    shadows = membership.train_shadows(spec, ds.images, ds.labels, np.arange(len(ds)), K,
+                                       recipe, jax.random.key(4))
+    jax.block_until_ready(shadows.variables)
+    shadow_seconds = time.perf_counter() - start
+    none = np.zeros(0, int)  # the shadow attack learns from its shadows only
+    context = membership.AttackContext(spec, target, ds.images, ds.labels, none, none,
+                                       jax.random.key(5), shadows)
+    attack = membership.ShadowModels().fit(context)
+    return {"seconds": time.perf_counter() - start, "shadow_seconds": shadow_seconds,
+            "attack_epochs": attack.models.epochs_trained}
 
 
 def art_full(ds, recipe) -> dict:

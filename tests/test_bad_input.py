@@ -153,6 +153,12 @@ def _vars(n=1):
     return stack.init_stack(_spec(), jax.random.split(jax.random.key(0), n))
 
 
+def _rule_based():
+    context = membership.AttackContext(_spec(), _vars(), DIGITS.images, DIGITS.labels,
+                                       np.arange(10), np.arange(10, 20), jax.random.key(0))
+    return membership.RuleBased().fit(context)
+
+
 DIGITS = data.digits()
 API_CASES = [
     ("images-rank", lambda: data.Dataset(np.zeros((4, 8, 8), np.uint8), np.zeros(4, int),
@@ -181,11 +187,11 @@ API_CASES = [
         _spec(), _vars(2), DIGITS.images, DIGITS.labels, [np.arange(9)] * 2,
         TrainConfig(epochs=1), jax.random.split(jax.random.key(0), 3), progress=False),
      "3 keys for a stack of 2"),
-    ("score-shape", lambda: membership.RuleBased(_spec(), _vars()).score(
+    ("score-shape", lambda: _rule_based().score(
         np.zeros((2, 9, 9, 1), np.float32), np.zeros(2, int)), "images must have shape"),
-    ("score-nan", lambda: membership.RuleBased(_spec(), _vars()).score(
+    ("score-nan", lambda: _rule_based().score(
         np.full((2, 8, 8, 1), np.nan, np.float32), np.zeros(2, int)), "NaN or Inf"),
-    ("score-labels", lambda: membership.RuleBased(_spec(), _vars()).score(
+    ("score-labels", lambda: _rule_based().score(
         np.zeros((2, 8, 8, 1), np.float32), np.array([0, 10])), "labels must lie in 0..9"),
     ("invert-no-classes", lambda: inversion.invert(
         _spec(), _vars(), [], inversion.InversionConfig(), jax.random.key(0), progress=False),

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -99,7 +102,7 @@ def test_seeds_stacked_as_one_program_equal_separate_runs():
 
 def test_original_protocol_without_controls_uses_a_holdout_spec_and_the_seed_rule(tmp_path):
     from drift_jax.config import with_overrides
-    from drift_jax.detect import write_report
+    from drift_jax.report import write_report
 
     cfg = with_overrides(DetectConfig(), [
         'base="synthetic?n=300&classes=3&size=8&seed=1"',
@@ -126,3 +129,46 @@ def test_a_run_with_fewer_controls_is_nested_in_one_with_more():
     a, b = big.attacks["rule_based"], small.attacks["rule_based"]
     assert b["control_scores"] == a["control_scores"][:2]
     assert b["production_score"] == a["production_score"]
+
+
+def test_a_second_run_of_the_same_shapes_compiles_nothing():
+    from drift_jax import runtime
+    from drift_jax.config import with_overrides
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    cfg = with_overrides(DetectConfig(base="synthetic"), [
+        *SMALL[:-1], 'attacks=["rule_based", "black_box"]'])
+    first = detect_drift(cfg, base=ds, progress=False)
+    stages = {"data", "train", "invert", "evaluate", "attack_rule_based", "attack_black_box",
+              "baselines"}
+    assert stages <= set(first.timings["compiles"])
+    with runtime.CompileCounter() as counter:
+        second = detect_drift(with_overrides(cfg, ["seed=1"]), base=ds, progress=False)
+    assert counter.count == 0, second.timings["compiles"]
+    assert all(c["count"] == 0 for c in second.timings["compiles"].values())
+
+
+def _detect_in_a_fresh_process(out, env) -> dict:
+    args = ["detect", "--quiet", "--base", "synthetic?n=400&classes=4&size=8", "--out", str(out)]
+    for item in SMALL:
+        args += ["--set", item]
+    proc = subprocess.run([sys.executable, "-m", "drift_jax.cli", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())["timings"]["compiles"]
+
+
+def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_path):
+    """A fresh process with the cache warm builds every program from the cache; with the
+    cache switched off it compiles them all, and writes no cache."""
+    env = {"DRIFT_JAX_CACHE": str(tmp_path / "cache")}
+    cold = _detect_in_a_fresh_process(tmp_path / "cold", env)
+    warm = _detect_in_a_fresh_process(tmp_path / "warm", env)
+    assert sum(c["cache_hits"] for c in cold.values()) == 0
+    for stage in ("train", "invert", "attack_rule_based"):
+        assert warm[stage]["count"] > 0 and warm[stage]["cache_hits"] == warm[stage]["count"]
+    assert (tmp_path / "cache" / "xla").is_dir()
+    off = _detect_in_a_fresh_process(tmp_path / "off", {
+        "DRIFT_JAX_CACHE": str(tmp_path / "off_cache"), "DRIFT_JAX_COMPILATION_CACHE": "0"})
+    assert sum(c["cache_hits"] for c in off.values()) == 0 and off["train"]["count"] > 0
+    assert not (tmp_path / "off_cache" / "xla").exists()

@@ -135,9 +135,9 @@ def idx(directory: str | os.PathLike, prefix: str = "t10k", transpose: bool = Fa
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("DRIFT_JAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "drift_jax")
-    return Path(root)
+    from drift_jax.runtime import cache_root
+
+    return cache_root()
 
 
 def _decode(item: tuple[str, bytes]) -> np.ndarray:

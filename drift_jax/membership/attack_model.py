@@ -4,8 +4,9 @@ Architecture (ART ``MembershipInferenceAttackModel``): features C->512->100->64 
 C->256->64, ReLU, concatenated -> 1, sigmoid; BCE, Adam 1e-4, up to 100 epochs, batch 100.
 We add feature standardisation, a validation split and early stopping on the validation loss
 (best parameters kept; not before ``min_epochs``, since a patience of a few epochs stopped it on
-the initial plateau). Several attack models (one global, or one per class) train at once as a
-vmapped stack, each weighting the examples by its own mask.
+the initial plateau). A attack models (one per target model, or one per target and class) train
+at once as one compiled program: vmapped over models, each on its own features and example mask,
+`lax.scan` over steps and `lax.while_loop` over epochs, so the whole fit is one dispatch.
 """
 
 from __future__ import annotations
@@ -47,107 +48,144 @@ class AttackTrainConfig:
 
 @dataclasses.dataclass
 class AttackModels:
-    """A stack of A trained attack models and the feature standardisation they expect."""
+    """A stack of A trained attack models and the feature standardisation each expects."""
 
     params: dict  # leaves [A, ...]
-    mean: np.ndarray
-    std: np.ndarray
+    mean: np.ndarray  # [A, F]
+    std: np.ndarray  # [A, F]
     num_classes: int
-    epochs_trained: list
+    epochs_trained: int
 
-    def probability(self, features: np.ndarray, labels: np.ndarray,
-                    which: np.ndarray | None = None) -> np.ndarray:
-        """Member probability [n]; ``which`` [n] picks the attack model per example (default 0)."""
-        x = (features - self.mean) / self.std
-        onehot = jax.nn.one_hot(labels, self.num_classes)
-        logits = _apply_all(self.num_classes)(self.params, jnp.asarray(x, jnp.float32), onehot)
-        which = np.zeros(len(x), int) if which is None else which
-        return np.asarray(jax.nn.sigmoid(logits))[which, np.arange(len(x))]
+    def probability(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Member probability of every model on its own examples: features [A, n, F], labels
+        int [A, n] -> [A, n]."""
+        return np.asarray(_probability_program(self.num_classes)(
+            self.params, jnp.asarray(self.mean), jnp.asarray(self.std),
+            jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32)))
 
 
 @functools.lru_cache(maxsize=8)
-def _apply_all(num_classes: int):
+def _probability_program(num_classes: int):
     net = AttackNet(num_classes)
-    return jax.jit(jax.vmap(lambda p, x, o: net.apply(p, x, o), in_axes=(0, None, None)))
+
+    def one(p, mean, std, x, y):
+        return jax.nn.sigmoid(net.apply(p, (x - mean) / std, jax.nn.one_hot(y, num_classes)))
+
+    return jax.jit(jax.vmap(one))
 
 
-def train_attack_models(features: np.ndarray, labels: np.ndarray, is_member: np.ndarray,
-                        masks: np.ndarray, key: jax.Array,
-                        config: AttackTrainConfig = AttackTrainConfig()) -> AttackModels:
-    """Trains A attack models; model a learns from the examples where ``masks[a]`` is set.
-
-    Args:
-      features: [n, F] attack features (model outputs); standardised here.
-      labels: int [n] class labels (one-hot input of the label branch).
-      is_member: bool [n] targets.
-      masks: bool [A, n].
-    """
-    n, num_features = features.shape
-    num_classes = int(labels.max()) + 1 if n else 0
-    num_classes = max(num_classes, 2)
-    if n < 10 or is_member.all() or not is_member.any():
-        raise DriftJaxError("the attack needs members and non-members to learn from (at least "
-                            "10 examples with both kinds).")
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-    order = rng.permutation(n)
-    n_val = max(1, int(round(n * config.validation_fraction)))
-    val, train = order[:n_val], order[n_val:]
-    mean = features[train].mean(0)
-    std = features[train].std(0) + 1e-6
-    x = jnp.asarray((features - mean) / std, jnp.float32)
-    onehot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
-    y = jnp.asarray(is_member, jnp.float32)
-    masks = jnp.asarray(masks, jnp.float32)
-    num_models = masks.shape[0]
+@functools.lru_cache(maxsize=8)
+def _fit_program(num_classes: int, config: AttackTrainConfig):
+    """The whole fit of A models as one compiled program; the data are arguments."""
     net = AttackNet(num_classes)
     tx = optax.adam(config.learning_rate)
-    init_keys = jax.random.split(key, num_models)
-    params = jax.vmap(lambda k: net.init(k, x[:1], onehot[:1]))(init_keys)
-    opt_state = jax.vmap(tx.init)(params)
     batch = config.batch_size
-    steps = -(-len(train) // batch)
-    train_d, val_d = jnp.asarray(train), jnp.asarray(val)
 
-    def weighted_bce(p, ix, w):
-        logits = net.apply(p, x[ix], onehot[ix])
-        bce = optax.sigmoid_binary_cross_entropy(logits, y[ix])
+    def weighted_bce(params, x, onehot, member, ix, w):
+        bce = optax.sigmoid_binary_cross_entropy(net.apply(params, x[ix], onehot[ix]), member[ix])
         return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
-    @jax.jit
-    def epoch(params, opt_state, best, epoch_key):
-        perm = jax.random.permutation(epoch_key, train_d)
+    def init_one(key, x, y):
+        params = net.init(jax.random.fold_in(key, 0), x[:1], jax.nn.one_hot(y[:1], num_classes))
+        return params, tx.init(params)
+
+    def epoch_one(e, key, x, y, member, mask, train, val, state):
+        """One epoch of one model: x [n, F] standardised, y int [n], member/mask float [n],
+        train [nt] and val [nv] index arrays; state (params, opt, best params, loss, since)."""
+        params, opt_state, best_params, best_loss, since = state
+        onehot = jax.nn.one_hot(y, num_classes)
+        steps = -(-train.shape[0] // batch)
+        perm = jax.random.permutation(jax.random.fold_in(key, e + 1), train)
         pos = jnp.arange(steps * batch)
-        ix = perm[pos % len(train)].reshape(steps, batch)
-        valid = (pos < len(train)).reshape(steps, batch)
+        ix = perm[pos % train.shape[0]].reshape(steps, batch)
+        valid = (pos < train.shape[0]).reshape(steps, batch)
 
         def step(carry, b):
             params, opt_state = carry
             bix, ok = b
-
-            def one(p, o, m):
-                w = m[bix] * ok
-                g = jax.grad(weighted_bce)(p, bix, w)
-                u, o = tx.update(g, o, p)
-                return optax.apply_updates(p, u), o
-
-            return jax.vmap(one)(params, opt_state, masks), None
+            g = jax.grad(weighted_bce)(params, x, onehot, member, bix, mask[bix] * ok)
+            updates, opt_state = tx.update(g, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
 
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), (ix, valid))
-        val_loss = jax.vmap(lambda p, m: weighted_bce(p, val_d, m[val_d]))(params, masks)
-        best_params, best_loss, since = best
+        val_loss = weighted_bce(params, x, onehot, member, val, mask[val])
         improved = val_loss < best_loss
-        best_params = jax.tree.map(
-            lambda a, b: jnp.where(improved.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
-            params, best_params)
-        best = (best_params, jnp.where(improved, val_loss, best_loss),
+        best_params = jax.tree.map(lambda a, b: jnp.where(improved, a, b), params, best_params)
+        return (params, opt_state, best_params, jnp.where(improved, val_loss, best_loss),
                 jnp.where(improved, 0, since + 1))
-        return params, opt_state, best
 
-    best = (params, jnp.full(num_models, jnp.inf), jnp.zeros(num_models, jnp.int32))
-    epochs_trained = config.epochs
-    for e in range(config.epochs):
-        params, opt_state, best = epoch(params, opt_state, best, jax.random.fold_in(key, e))
-        if e + 1 >= config.min_epochs and (np.asarray(best[2]) >= config.patience).all():
-            epochs_trained = e + 1
-            break
-    return AttackModels(best[0], mean, std, num_classes, [epochs_trained] * num_models)
+    def fit(keys, x, y, member, mask, train, val):
+        """keys [A], x [A, n, F], y [A, n], member/mask [A, n], train [A, nt], val [A, nv].
+        Epochs run until every model has waited ``patience`` epochs (after ``min_epochs``)."""
+        data = (keys, x, y, member, mask, train, val)
+        params, opt_state = jax.vmap(init_one)(keys, x, y)
+        state = (params, opt_state, params, jnp.full(keys.shape[0], jnp.inf),
+                 jnp.zeros(keys.shape[0], jnp.int32))
+
+        def stopped(e, since):  # per model: it has waited `patience` epochs, after min_epochs
+            return (e >= config.min_epochs) & (since >= config.patience)
+
+        def cond(carry):
+            e, (*_, since) = carry
+            return (e < config.epochs) & ~jnp.all(stopped(e, since))
+
+        def body(carry):
+            e, state = carry
+            new = jax.vmap(lambda *args: epoch_one(e, *args))(*data, state)
+            # A stopped model stays as it is, so its result does not depend on its companions.
+            frozen = stopped(e, state[-1])
+            keep = lambda a, b: jnp.where(frozen.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
+            return e + 1, jax.tree.map(keep, new, state)
+
+        epochs, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+        return state[2], epochs
+
+    return jax.jit(fit)
+
+
+def train_attack_models(features: np.ndarray, labels: np.ndarray, is_member: np.ndarray,
+                        masks: np.ndarray, keys: jax.Array,
+                        config: AttackTrainConfig = AttackTrainConfig(),
+                        num_classes: int | None = None) -> AttackModels:
+    """Trains A attack models at once; model a learns from its own examples where ``masks[a]``.
+
+    Args:
+      features: [A, n, F] attack features (model outputs); standardised here, per model.
+      labels: int [A, n] class labels (one-hot input of the label branch).
+      is_member: bool [A, n] targets.
+      masks: bool [A, n]: which examples model a trains and validates on.
+      keys: [A] PRNG keys (initialisation, validation split, shuffling).
+      num_classes: width of the label one-hot (default: the largest label + 1).
+    """
+    features = np.asarray(features, np.float32)
+    if features.ndim != 3:
+        raise DriftJaxError(f"attack features must be [models, n, F], got {features.shape}.")
+    num_models, n, _ = features.shape
+    labels = np.broadcast_to(np.asarray(labels), (num_models, n))
+    is_member = np.broadcast_to(np.asarray(is_member, bool), (num_models, n))
+    masks = np.broadcast_to(np.asarray(masks, bool), (num_models, n))
+    if len(keys) != num_models:
+        raise DriftJaxError(f"{len(keys)} keys for {num_models} attack models.")
+    for a in range(num_models):
+        m = is_member[a][masks[a]]
+        if m.size < 10 or m.all() or not m.any():
+            raise DriftJaxError("the attack needs members and non-members to learn from (at "
+                                f"least 10 examples with both kinds); attack model {a} has "
+                                f"{int(m.sum())} members and {int((~m).sum())} non-members.")
+    num_classes = max(num_classes or int(labels.max()) + 1, 2)
+    n_val = max(1, int(round(n * config.validation_fraction)))
+    key_data = np.asarray(jax.random.key_data(keys)).reshape(num_models, -1)
+    orders = np.stack([np.random.default_rng(row).permutation(n) for row in key_data])
+    val, train = orders[:, :n_val], orders[:, n_val:]
+    # Standardise with the statistics of each model's own training examples.
+    weight = np.take_along_axis(masks, train, 1)[..., None]
+    train_x = np.take_along_axis(features, train[..., None], 1)
+    count = np.maximum(weight.sum(1), 1)
+    mean = (train_x * weight).sum(1) / count
+    std = np.sqrt(((train_x - mean[:, None]) ** 2 * weight).sum(1) / count) + 1e-6
+    x = (features - mean[:, None]) / std[:, None]
+    params, epochs = _fit_program(num_classes, config)(
+        keys, jnp.asarray(x), jnp.asarray(labels, jnp.int32), jnp.asarray(is_member, jnp.float32),
+        jnp.asarray(masks, jnp.float32), jnp.asarray(train, jnp.int32),
+        jnp.asarray(val, jnp.int32))
+    return AttackModels(params, mean, std, num_classes, int(epochs))
