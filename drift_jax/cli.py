@@ -101,7 +101,7 @@ def _invert(args) -> int:
     import numpy as np
 
     from drift_jax import config as config_lib
-    from drift_jax import figures, inversion, stack
+    from drift_jax import faults, figures, inversion, stack
     from drift_jax.files import atomic_write_json
 
     spec, variables, meta = stack.load_stack(args.checkpoint)
@@ -123,6 +123,7 @@ def _invert(args) -> int:
                                             "classes": classes, "seed": args.seed,
                                             "inversion": config_lib.to_dict(cfg)})
     gray.save(out / "gray.npz")
+    faults.point("invert.gray_saved")
     names = [str(c) for c in classes]
     figures.gray_grid(out / "gray.png", gray.images, names,
                       title=f"{cfg.method}, {cfg.iterations} iterations")

@@ -1,5 +1,6 @@
 """Typed configs as frozen dataclasses: built from dicts with unknown keys and wrong types refused,
-overridden with ``key.sub=value`` strings, and written beside every result."""
+overridden with ``key.sub=value`` strings, and written beside every result. (`ExecutionConfig`
+lives with its per-backend resolution in `drift_jax.execution`.)"""
 
 from __future__ import annotations
 
@@ -11,27 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from drift_jax.errors import DriftJaxError
+from drift_jax.execution import ExecutionConfig
 
 T = TypeVar("T")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExecutionConfig:
-    """How a model stack executes; the math is the same for every choice.
-
-    ``auto`` resolves per backend from measurements (`drift_jax.stack.EXECUTION_DEFAULTS`).
-      member_mode: 'vmap' (members batched in one op), 'map' (members one after another inside
-        the compiled step, `lax.map`) or 'loop' (training dispatches each member's compiled chunk
-        in turn; inside other single programs it means 'map').
-      scan_chunk: train steps fused into one `lax.scan` per dispatch (0 = auto).
-      conv_form: 'canonical' (custom VJP, fast in loops) or 'autodiff' (plain `lax.conv`).
-      pool_form: 'reshape' (reshape-max) or 'flax' (`flax.linen.max_pool`).
-    """
-
-    member_mode: Literal["auto", "vmap", "map", "loop"] = "auto"
-    scan_chunk: int = 0
-    conv_form: Literal["auto", "canonical", "autodiff"] = "auto"
-    pool_form: Literal["auto", "reshape", "flax"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

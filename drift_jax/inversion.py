@@ -17,7 +17,7 @@ Two methods, one compiled program each, batched over models x classes x samples:
 
 Shapes: a stack of M models inverted for classes [C] with S samples each gives images
 [M, C, S, H, W, ch] in [0, 1]. Within a model, classes x samples form one batch (the same weights,
-a plain batched convolution); models run through `stack.map_members` (vmap or one after another,
+a plain batched convolution); models run through `execution.map_members` (vmap or one after another,
 the backend's measured default) and iterations through `lax.scan` chunks, with no host round trip
 of the images between chunks.
 """
@@ -40,11 +40,11 @@ import optax
 from tqdm.auto import tqdm
 
 from drift_jax import runtime
-from drift_jax.config import ExecutionConfig
 from drift_jax.errors import DriftJaxError
+from drift_jax.execution import ExecutionConfig, map_members, resolve_execution
 from drift_jax.files import atomic_write_bytes
-from drift_jax.models import ModelSpec
-from drift_jax.stack import map_members, per_member_keys, predict, resolve_execution, stack_size
+from drift_jax.models import BN_MOMENTUM, ModelSpec
+from drift_jax.stack import per_member_keys, predict, stack_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,13 +201,12 @@ def _batch_statistics_loss(module, variables, x):
     batch statistics b = (r' - m r) / (1 - m) follow exactly and differentiably.
     """
     logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
-    momentum = 0.9  # `models.ResNet`'s BatchNorm momentum
     old = jax.tree.leaves(variables["batch_stats"])
     new = jax.tree.leaves(updates["batch_stats"])
     loss = 0.0
     # Leaves come in (mean, var) order per layer; both terms are L2 norms of the difference.
     for running, updated in zip(old, new):
-        batch = (updated - momentum * running) / (1 - momentum)
+        batch = (updated - BN_MOMENTUM * running) / (1 - BN_MOMENTUM)
         loss = loss + jnp.linalg.norm(batch - running)
     return logits, loss
 

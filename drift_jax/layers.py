@@ -12,7 +12,9 @@ swapped explicitly), so they are library convolutions in and out of loops. Numer
 the same contractions as autodiff's (tests/test_layers.py checks parity).
 
 Why reshape-max pooling: `flax.linen.max_pool`'s backward (select-and-scatter) made a SeedCNN step
-3.4x slower on XLA:CPU; a reshape + max over the window axes has a cheap gradient.
+3.4x slower on XLA:CPU; a reshape + max over the window axes is cheap. Its gradient is written by
+hand (four strided slices) so that a tied window sends it to one element, as PyTorch and flax do:
+MIFace parity with IBM ART depends on it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-CONV_FORMS = ("canonical", "autodiff")
+CONV_FORMS = ("canonical", "autodiff", "im2col")
 POOL_FORMS = ("reshape", "flax")
 
 
@@ -78,6 +80,18 @@ def _conv2d_bwd(stride, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def conv2d_im2col(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
+    """`conv2d` as patches @ kernel: one matrix product per layer, so a vmapped stack becomes a
+    batched matrix product (an accelerator candidate; on XLA:CPU its d/dx is 10-25x slower,
+    `../shared/probes/conv_kernels.py`)."""
+    kh, kw, cin, cout = w.shape
+    pads = [_same_padding(x.shape[1], kh, stride), _same_padding(x.shape[2], kw, stride)]
+    # Patches come out channel-major (cin, kh, kw): order the kernel rows the same way.
+    patches = lax.conv_general_dilated_patches(x, (kh, kw), (stride, stride), pads,
+                                               dimension_numbers=DIMENSION_NUMBERS)
+    return patches @ jnp.transpose(w, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+
+
 class Conv(nn.Module):
     """SAME-padded conv layer, parameter layout as `flax.linen.Conv` (``kernel`` HWIO, ``bias``)."""
 
@@ -96,6 +110,8 @@ class Conv(nn.Module):
             y = conv2d(x, kernel, self.stride)
         elif self.form == "autodiff":
             y = _conv(x, kernel, self.stride)
+        elif self.form == "im2col":
+            y = conv2d_im2col(x, kernel, self.stride)
         else:
             raise ValueError(f"conv form must be one of {CONV_FORMS}, got {self.form!r}")
         if self.use_bias:
@@ -109,6 +125,36 @@ def max_pool_2x2(x: jax.Array, form: str = "reshape") -> jax.Array:
         return nn.max_pool(x, (2, 2), (2, 2))
     if form != "reshape":
         raise ValueError(f"pool form must be one of {POOL_FORMS}, got {form!r}")
+    _, h, w, _ = x.shape
+    return _pool_even(x[:, : h - h % 2, : w - w % 2, :])
+
+
+@jax.custom_vjp
+def _pool_even(x: jax.Array) -> jax.Array:
+    """Reshape-max over 2x2 windows of an even-sized x [B, H, W, C]."""
     b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _pool_even_fwd(x):
+    return _pool_even(x), x
+
+
+def _pool_even_bwd(x, g):
+    """The whole gradient of a window goes to its first maximum in row-major order, as in
+    PyTorch's max_pool2d and flax's select-and-scatter: autodiff of a reshape-max would split it
+    evenly over tied maxima, which are common in clipped images (MIFace's black starts)."""
+    b, h, w, c = x.shape
+    x6 = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    hit = x6 == x6.max(axis=(2, 4), keepdims=True)
+    none = jnp.zeros_like(hit[:, :, :, :, :1])
+    # Within a row of the window: not after a hit to its left; the second row: not after any
+    # hit in the first row.
+    first = hit & ~jnp.concatenate([none, hit[:, :, :, :, :1]], axis=4)
+    row0_hit = hit[:, :, :1].any(axis=4, keepdims=True)
+    first = first & ~jnp.concatenate([jnp.zeros_like(row0_hit), row0_hit], axis=2)
+    dx = jnp.where(first, g[:, :, None, :, None, :], 0.0).astype(x.dtype)
+    return (dx.reshape(b, h, w, c),)
+
+
+_pool_even.defvjp(_pool_even_fwd, _pool_even_bwd)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from drift_jax.errors import DriftJaxError
 from drift_jax.layers import Conv, max_pool_2x2
 
+BN_MOMENTUM = 0.9  # running = m * running + (1 - m) * batch; inversion inverts this update
+
 
 class SeedCNN(nn.Module):
     """Conv32-ReLU-MaxPool, Conv64-ReLU-MaxPool, Dense128-ReLU, Dense(num_classes)."""
@@ -69,7 +71,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        bn = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+        bn = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                                        axis_name=self.bn_axis_name if train else None, **kw)
         x = nn.relu(bn()(Conv(self.widths[0], use_bias=False, form=self.conv_form)(x)))
         for stage, width in enumerate(self.widths):
@@ -110,8 +112,3 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def apply_model(module: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
-    """Inference: variables in, logits out. images: float [B, H, W, C] in [0, 1]."""
-    return module.apply(variables, images, train=False)

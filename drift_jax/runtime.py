@@ -46,15 +46,13 @@ def cache_root() -> Path:
 def enable_compilation_cache(directory: str | Path | None = None) -> Path | None:
     """Turns on JAX's persistent compilation cache under ``cache_root() / "xla"``, so a second
     process (a rerun, every sweep task after the first) loads its programs instead of compiling
-    them. Off when ``DRIFT_JAX_COMPILATION_CACHE=0`` or when the user already chose a folder
-    (``JAX_COMPILATION_CACHE_DIR``); returns the folder in use, or None."""
+    them. A folder the user chose (``JAX_COMPILATION_CACHE_DIR``) is kept; off when
+    ``DRIFT_JAX_COMPILATION_CACHE=0``. Returns the folder in use, or None."""
     import jax
 
     if os.environ.get(COMPILATION_CACHE_ENV, "1") == "0":
         return None
-    if jax.config.jax_compilation_cache_dir and directory is None:
-        return Path(jax.config.jax_compilation_cache_dir)
-    path = Path(directory) if directory else cache_root() / "xla"
+    path = Path(directory or jax.config.jax_compilation_cache_dir or cache_root() / "xla")
     if path.exists() and not path.is_dir():
         return None  # a file in the way: run uncached rather than fail (data loading says why)
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -27,49 +27,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from drift_jax import devices as devices_lib
-from drift_jax import runtime
-from drift_jax.config import ExecutionConfig, TrainConfig
+from drift_jax import faults, runtime
+from drift_jax.config import TrainConfig
 from drift_jax.devices import DATA, MODELS
 from drift_jax.errors import DriftJaxError
+from drift_jax.execution import ExecutionConfig, map_members, resolve_execution
 from drift_jax.files import atomic_write_json
 from drift_jax.models import ModelSpec
-
-# CPU: chosen by `scripts/bench_train.py` (BENCHMARKS.md) on the project's 2-core machine, jax
-# 0.10.2: members one after another inside the step beat vmap, whose convolutions over members'
-# weights lower to grouped convolutions (about half the rate there). GPU/TPU: vmap batches the
-# members into wide kernels (DESIGN.md); not yet measured here, no GPU has been lent so far.
-EXECUTION_DEFAULTS = {
-    "cpu": ExecutionConfig(member_mode="map", scan_chunk=32, conv_form="canonical",
-                           pool_form="reshape"),
-    "gpu": ExecutionConfig(member_mode="vmap", scan_chunk=64, conv_form="canonical",
-                           pool_form="reshape"),
-    "tpu": ExecutionConfig(member_mode="vmap", scan_chunk=64, conv_form="canonical",
-                           pool_form="reshape"),
-}
-
-
-def resolve_execution(config: ExecutionConfig, backend: str | None = None) -> ExecutionConfig:
-    """Fills every ``auto`` field with the backend's measured default."""
-    default = EXECUTION_DEFAULTS.get(backend or jax.default_backend(), EXECUTION_DEFAULTS["gpu"])
-    return ExecutionConfig(
-        member_mode=default.member_mode if config.member_mode == "auto" else config.member_mode,
-        scan_chunk=config.scan_chunk or default.scan_chunk,
-        conv_form=default.conv_form if config.conv_form == "auto" else config.conv_form,
-        pool_form=default.pool_form if config.pool_form == "auto" else config.pool_form,
-    )
-
-
-def map_members(fn, mode: str, *args):
-    """Applies ``fn`` to every member (leading axis of each arg): batched or one at a time."""
-    if mode == "vmap":
-        return jax.vmap(fn)(*args)
-    if mode in ("map", "loop"):  # inside one program, 'loop' can only mean lax.map
-        if jax.tree.leaves(args)[0].shape[0] == 1:  # one member: no loop around it
-            out = fn(*jax.tree.map(lambda a: a[0], args))
-            return jax.tree.map(lambda a: a[None], out)
-        return jax.lax.map(lambda a: fn(*a), args)
-    raise DriftJaxError(f"execution.member_mode must be 'vmap', 'map' or 'loop', got {mode!r}.")
-
 
 # ----------------------------------------------------------------------------- init
 
@@ -320,7 +284,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     compiled_schedule, compiled_chunk, opt_init = _train_programs(
         spec, dataclasses.replace(config, epochs=1), execution, mesh, layout)
     place = lambda *spec_: devices_lib.sharding(mesh, *spec_)
-    state = jax.device_put(StackState(variables, opt_init(variables["params"])), place(MODELS))
+    # A copy: the chunks donate their state, and the caller's variables must outlive the run.
+    state = jax.device_put(StackState(variables, opt_init(variables["params"])), place(MODELS),
+                           may_alias=False)
     if loop:
         state = list(_split_members(state, num_members))
     data_images = jax.device_put(images, place())
@@ -514,25 +480,35 @@ def accuracy_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: in
 # ----------------------------------------------------------------------------- checkpoints
 
 
+STACK_FORMAT = "drift_jax.stack/1"
+
+
 def save_stack(directory: str | Path, spec: ModelSpec, variables: dict,
                metadata: dict | None = None) -> Path:
-    """Saves a stack with orbax (atomic: orbax writes a temp folder, then renames) and its
-    `ModelSpec` as JSON. The JSON is written last: a folder without it is not a checkpoint."""
+    """Saves a stack with orbax and its `ModelSpec` as JSON, atomically, also over an existing
+    checkpoint: the arrays go to a new ``state-<id>/`` folder (orbax writes it under a temporary
+    name and renames it), then ``stack.json``, which names the state folder, is replaced in one
+    rename, then older state folders are removed. A kill at any moment leaves either the old or
+    the new checkpoint, whole."""
+    import shutil
+    import uuid
+
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    state_dir = directory / "state"
-    if state_dir.exists():
-        import shutil
-
-        shutil.rmtree(state_dir)
+    state_name = f"state-{uuid.uuid4().hex[:12]}"
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(state_dir, jax.device_get(variables))
+        ckptr.save(directory / state_name, jax.device_get(variables))
         ckptr.wait_until_finished()
+    faults.point("save_stack.state_written")
     atomic_write_json(directory / "stack.json", {
-        "format": "drift_jax.stack/1", "spec": spec.to_dict(),
-        "num_members": stack_size(variables), "metadata": metadata or {}})
+        "format": STACK_FORMAT, "spec": spec.to_dict(), "num_members": stack_size(variables),
+        "state": state_name, "metadata": metadata or {}})
+    faults.point("save_stack.metadata_written")
+    for old in directory.iterdir():
+        if old.name != state_name and (old.name == "state" or old.name.startswith("state-")):
+            shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
@@ -559,5 +535,5 @@ def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[
     abstract = jax.eval_shape(lambda: init_stack(
         spec, jax.random.split(jax.random.key(0), meta["num_members"])))
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(directory / "state", abstract)
+        variables = ckptr.restore(directory / meta.get("state", "state"), abstract)
     return spec, variables, meta["metadata"]

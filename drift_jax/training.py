@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from drift_jax import data as data_lib
-from drift_jax import runtime, stack
+from drift_jax import faults, runtime, stack
 from drift_jax.config import TrainRunConfig, to_dict
 from drift_jax.data import Dataset
 from drift_jax.files import atomic_write_json
@@ -68,9 +67,6 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         atomic_write_json(out / "config.json", to_dict(config))
         stack.save_stack(out / "checkpoint", spec, result.variables,
                          {"data": dataset.name, "seed": config.seed})
+        faults.point("train.checkpoint_saved")
         atomic_write_json(out / "metrics.json", metrics)
     return TrainRun(spec, result.variables, metrics)
-
-
-def mean_accuracy(metrics: dict) -> float:
-    return float(np.mean(metrics["holdout_accuracy"]))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drift_jax.stats import calibrated_p_value
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,11 +46,6 @@ def records(source: Path, dataset: str | None) -> list[dict]:
     return out
 
 
-def p_value(production: float, controls: list[float]) -> float:
-    controls = np.asarray(controls)
-    return (1 + (controls <= production).sum()) / (len(controls) + 1)
-
-
 def model_seconds(run: dict, num_controls: int) -> float:
     """Training + inversion seconds per model of one run (both are linear in the models)."""
     t = run["timings"]
@@ -67,8 +64,8 @@ def table(runs: list[dict], ms: list[int], alphas: list[float]) -> list[dict]:
             row = {"attack": attack, "M": m, "min_p": 1 / (m + 1),
                    "models_per_seed": 2 + m, "est_seconds_per_seed": per_model * (2 + m)}
             for scenario, label in (("none", "fpr"), ("label_swap", "power")):
-                ps = [p_value(r["scores"][attack]["production"],
-                              r["scores"][attack]["controls"][:m])
+                ps = [float(calibrated_p_value(r["scores"][attack]["controls"][:m],
+                                               r["scores"][attack]["production"]))
                       for r in usable if r["scenario"] == scenario]
                 row[f"{label}_runs"] = len(ps)
                 for alpha in alphas:

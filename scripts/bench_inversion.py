@@ -1,7 +1,7 @@
 """Inversion benchmarks (MIFace parity mode); writes benchmarks/inversion.json and the inversion
 section of BENCHMARKS.md.
 
-  (a) the compiled stack against the per-sample reference loop (scripts/miface_reference.py: ART's
+  (a) the compiled stack against the per-sample reference loop (tests/miface_reference.py: ART's
       loop at batch 1 with a jitted gradient step; same math, same iterations): 2 SeedCNNs x 10
       classes x 8 samples x 200 iterations on 32x32x3. The reference runs a subset of the samples
       (per image-iteration cost does not depend on which), reported per image-iteration.
@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))  # the reference loop the tests own
 sys.path.insert(0, str(ROOT))
 
 import miface_reference  # noqa: E402

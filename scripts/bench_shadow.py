@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import machine, update_section  # noqa: E402
 
-from drift_jax import data, membership, stack  # noqa: E402
+from drift_jax import data, execution, membership, stack  # noqa: E402
 from drift_jax.config import TrainConfig  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
 from drift_jax.models import ModelSpec  # noqa: E402
@@ -60,7 +60,7 @@ def ours_stack_vs_sequential(ds, spec, recipe) -> dict:
     return {"stack_seconds": stacked, "sequential_seconds": sequential,
             "speedup": sequential / stacked, "model_images": images,
             "stack_model_images_per_second": images / stacked,
-            "execution": stack.resolve_execution(recipe.execution).__dict__}
+            "execution": execution.resolve_execution(recipe.execution).__dict__}
 
 
 def ours_full(ds, spec, target, recipe) -> dict:

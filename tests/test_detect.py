@@ -22,7 +22,6 @@ def test_digits_default_pipeline_flags_a_swap_and_not_none(scenario, drift):
         assert set(report.drifted_classes) == {"0", "1"}  # the swapped classes, no others
     else:
         assert report.drifted_classes == [] and report.p_value > 0.05
-    assert report.timings["total"] < 120
     assert report.accuracy["base"] > 0.9
 
 
@@ -63,7 +62,19 @@ def test_production_model_needs_no_production_data(tmp_path):
                                           'scenario="none"', *SMALL])
     report = detect_drift(cfg, base=ds, progress=False)
     assert set(report.baselines) == {"disagreement"}  # BBSD and MMD need production data
-    assert 0 < report.p_value <= 1
+    # The given model is the one in the production role: its accuracy on the run's holdout and
+    # its gray data are the ones the run reports for production.
+    from drift_jax.detect import _splits
+
+    holdout = _splits(cfg, ds.labels, 4, with_production=False, holdout_ix=None)["holdout"]
+    expected = stack.evaluate_stack(spec, prod, ds.images[holdout], ds.labels[holdout])
+    assert report.accuracy["production"] == expected["accuracy"][0]
+    assert report.accuracy["production"] != report.accuracy["base"]
+    confidence = jax.nn.softmax(stack.predict(spec, prod, report.gray.images[1].reshape(
+        -1, *spec.image_shape))[0], axis=-1)
+    np.testing.assert_allclose(
+        np.take_along_axis(confidence, report.gray.labels[1].reshape(-1, 1), 1).ravel(),
+        report.gray.confidence[1].ravel(), atol=1e-5)
 
 
 def test_bad_detect_configs():

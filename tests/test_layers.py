@@ -45,6 +45,18 @@ def test_pool_forms_agree(shape):
     np.testing.assert_allclose(ga, gb)
 
 
+@pytest.mark.parametrize("shape, stride", [((2, 8, 8, 3), 1), ((2, 9, 7, 5), 2)])
+def test_im2col_conv_is_the_same_convolution(shape, stride):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 4))
+    np.testing.assert_allclose(layers.conv2d_im2col(x, w, stride), layers._conv(x, w, stride),
+                               rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda x, w: (layers.conv2d_im2col(x, w, stride) ** 2).sum(), (0, 1))(x, w)
+    ref = jax.grad(lambda x, w: (layers._conv(x, w, stride) ** 2).sum(), (0, 1))(x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
 def test_unknown_forms_are_refused():
     with pytest.raises(ValueError, match="pool form"):
         layers.max_pool_2x2(jnp.zeros((1, 4, 4, 1)), "avg")

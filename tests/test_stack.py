@@ -1,13 +1,12 @@
 import dataclasses
 import json
-import time
 
 import jax
 import numpy as np
 import pytest
 from conftest import run_python
 
-from drift_jax import data, runtime, stack
+from drift_jax import data, execution, runtime, stack
 from drift_jax.config import ExecutionConfig, TrainConfig
 from drift_jax.errors import DriftJaxError
 from drift_jax.models import ModelSpec
@@ -35,16 +34,14 @@ def test_init_stack_gives_independent_members(tiny):
     assert not np.allclose(k[0], k[1])
 
 
-def test_seedcnn_learns_digits_fast():
+def test_seedcnn_learns_digits():
     ds = data.digits()
     train_ix, hold_ix = data.stratified_split(ds.labels, [0.8, 0.2], seed=0)
     spec = ModelSpec("seedcnn", 10, ds.image_shape)
     v = stack.init_stack(spec, jax.random.split(jax.random.key(0), 1))
-    start = time.perf_counter()
     result = stack.train_stack(spec, v, ds.images, ds.labels, [train_ix],
                                TrainConfig(epochs=10), jax.random.key(1), progress=False)
     ev = stack.evaluate_stack(spec, result.variables, ds.images[hold_ix], ds.labels[hold_ix])
-    assert time.perf_counter() - start < 60
     assert ev["accuracy"][0] >= 0.95
 
 
@@ -80,10 +77,9 @@ def test_same_seed_bitwise_identical(tiny):
 def test_strategies_compute_the_same_training(tiny):
     ds, spec = tiny
     ref = _train(ds, spec, member_mode="map", scan_chunk=1, conv_form="autodiff", pool_form="flax")
-    for execution in [dict(member_mode="vmap", scan_chunk=8), dict(member_mode="map",
-                                                                  scan_chunk=3),
-                      dict(member_mode="loop", scan_chunk=4)]:
-        other = _train(ds, spec, **execution)
+    for options in [dict(member_mode="vmap", scan_chunk=8), dict(member_mode="map", scan_chunk=3),
+                    dict(member_mode="loop", scan_chunk=4)]:
+        other = _train(ds, spec, **options)
         for x, y in zip(jax.tree.leaves(ref.variables), jax.tree.leaves(other.variables)):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
 
@@ -99,10 +95,22 @@ def test_members_train_only_on_their_own_subset(tiny):
     assert per_class[1, 3] > 0.5
 
 
-def test_member_sizes_may_differ(tiny):
+def test_a_short_member_trains_as_it_would_alone(tiny):
+    """Members of different sizes: the short one sits out the steps after its data is used up,
+    so it ends where the same member trained alone (same init, same key) ends."""
     ds, spec = tiny
-    result = _train(ds, spec, indices=[np.arange(40), np.arange(len(ds))])
-    assert np.isfinite(result.history["loss"]).all()
+    init = stack.init_stack(spec, jax.random.split(jax.random.key(0), 2))
+    keys = jax.random.split(jax.random.key(1), 2)
+    cfg = TrainConfig(epochs=3, batch_size=32)
+    both = stack.train_stack(spec, init, ds.images, ds.labels, [np.arange(40), np.arange(len(ds))],
+                             cfg, keys, progress=False)
+    alone = stack.train_stack(spec, stack.member(init, slice(0, 1)), ds.images, ds.labels,
+                              [np.arange(40)], cfg, keys[:1], progress=False)
+    for x, y in zip(jax.tree.leaves(stack.member(both.variables, slice(0, 1))),
+                    jax.tree.leaves(alone.variables)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both.history["loss"][-1][0], alone.history["loss"][-1][0],
+                               rtol=1e-5)
 
 
 def test_evaluate_matches_a_direct_computation(tiny):
@@ -194,7 +202,7 @@ def test_one_and_four_virtual_devices_agree():
 
 
 def test_execution_defaults_resolve_per_backend():
-    cpu = stack.resolve_execution(ExecutionConfig(), "cpu")
-    assert cpu == stack.EXECUTION_DEFAULTS["cpu"]
-    forced = stack.resolve_execution(ExecutionConfig(member_mode="vmap", scan_chunk=3), "cpu")
+    cpu = execution.resolve_execution(ExecutionConfig(), "cpu")
+    assert cpu == execution.EXECUTION_DEFAULTS["cpu"]
+    forced = execution.resolve_execution(ExecutionConfig(member_mode="vmap", scan_chunk=3), "cpu")
     assert dataclasses.astuple(forced)[:2] == ("vmap", 3)
