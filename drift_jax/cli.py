@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -45,8 +46,15 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. train.execution.member_mode=vmap")
     p.add_argument("--out", default="runs/train", help="run folder (default: runs/train)")
+    _add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+
+def _add_overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out (the old one stays intact until the new "
+                        "one is complete)")
 
 
 def _train(args) -> int:
@@ -60,7 +68,7 @@ def _train(args) -> int:
              "train.learning_rate": args.lr}
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = config_lib.with_overrides(cfg, overrides + args.set)
-    run = run_training(cfg, Path(args.out), progress=not args.quiet)
+    run = run_training(cfg, Path(args.out), progress=not args.quiet, overwrite=args.overwrite)
     m = run.metrics
     acc = ", ".join(f"{a:.4f}" for a in m["holdout_accuracy"])
     print(f"trained {cfg.models} x {cfg.arch} on {m['data']['name']} ({m['train_size']} images, "
@@ -82,6 +90,7 @@ def _add_invert(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any InversionConfig key, e.g. miface.early_stop=art")
     p.add_argument("--out", required=True, help="output folder")
+    _add_overwrite(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_invert)
 
@@ -101,38 +110,42 @@ def _invert(args) -> int:
     import numpy as np
 
     from drift_jax import config as config_lib
-    from drift_jax import faults, figures, inversion, stack
-    from drift_jax.files import atomic_write_json
+    from drift_jax import faults, figures, inversion, stack, validate
+    from drift_jax.files import atomic_folder, atomic_write_json
 
-    spec, variables, meta = stack.load_stack(args.checkpoint)
+    out = validate.output_folder(args.out, args.overwrite)
+    if args.seed < 0:
+        raise DriftJaxError(f"--seed must be >= 0, got {args.seed}.")
     cfg = inversion.InversionConfig()
     overrides = list(args.set)
-    if args.method:
+    if args.method is not None:
         overrides.insert(0, f"method={args.method}")
-    if args.samples:
+    if args.samples is not None:  # zero means zero: the config refuses it, never the default
         overrides.append(f"samples_per_class={args.samples}")
     cfg = config_lib.with_overrides(cfg, overrides)
-    if args.iterations:
+    if args.iterations is not None:
         key = "miface.max_iter" if cfg.method == "miface" else "regularized.steps"
         cfg = config_lib.with_overrides(cfg, [f"{key}={args.iterations}"])
+    spec, variables, meta = stack.load_stack(args.checkpoint)
     classes = _parse_classes(args.classes, spec.num_classes)
+    inversion.check_memory(spec, stack.stack_size(variables), len(classes), cfg)
     gray = inversion.invert(spec, variables, classes, cfg, jax.random.key(args.seed),
                             progress=not args.quiet)
-    out = Path(args.out)
-    atomic_write_json(out / "config.json", {"checkpoint": str(args.checkpoint),
-                                            "classes": classes, "seed": args.seed,
-                                            "inversion": config_lib.to_dict(cfg)})
-    gray.save(out / "gray.npz")
-    faults.point("invert.gray_saved")
     names = [str(c) for c in classes]
-    figures.gray_grid(out / "gray.png", gray.images, names,
-                      title=f"{cfg.method}, {cfg.iterations} iterations")
     summary = {"method": cfg.method, "seconds": gray.seconds,
                "mean_confidence_per_model": gray.confidence.mean((1, 2)).tolist(),
                "mean_confidence_per_class": dict(zip(names, gray.confidence.mean((0, 2))
                                                      .tolist())),
                "steps_taken_mean": float(np.mean(gray.active_steps))}
-    atomic_write_json(out / "summary.json", summary)
+    with atomic_folder(out) as tmp:
+        atomic_write_json(tmp / "config.json", {"checkpoint": str(args.checkpoint),
+                                                "classes": classes, "seed": args.seed,
+                                                "inversion": config_lib.to_dict(cfg)})
+        gray.save(tmp / "gray.npz")
+        faults.point("invert.gray_saved")
+        figures.gray_grid(tmp / "gray.png", gray.images, names,
+                          title=f"{cfg.method}, {cfg.iterations} iterations")
+        atomic_write_json(tmp / "summary.json", summary)
     print(f"inverted {gray.images.shape[0]} model(s) x {len(classes)} classes x "
           f"{cfg.samples_per_class} samples ({cfg.method}) in {gray.seconds:.1f} s; mean "
           f"target confidence {gray.confidence.mean():.3f}")
@@ -156,15 +169,18 @@ def _add_detect(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any DetectConfig key, e.g. controls=49")
     p.add_argument("--out", default="runs/detect", help="run folder (default: runs/detect)")
+    _add_overwrite(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_detect)
 
 
 def _detect(args) -> int:
     from drift_jax import config as config_lib
+    from drift_jax import validate
     from drift_jax.detect import DetectConfig, detect_drift
     from drift_jax.report import summary_lines, write_report
 
+    validate.output_folder(args.out, args.overwrite)
     cfg = config_lib.load_json(DetectConfig, args.config) if args.config else DetectConfig()
     flags = {"base": args.base, "production": args.production,
              "production_model": args.production_model, "scenario": args.scenario,
@@ -267,12 +283,32 @@ def main(argv: list[str] | None = None) -> int:
         runtime.disable_compilation_cache()
     try:
         return args.func(args)
-    except DriftJaxError as e:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        one_line = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
-        print(f"drift-jax: error: {one_line}", file=sys.stderr)
+        print("drift-jax: interrupted; results are written whole or not at all, so nothing "
+              "half-written was left behind.", file=sys.stderr)
+        return 130
+    except (DriftJaxError, OSError, MemoryError) as e:
+        if args.debug:
+            raise
+        print(f"drift-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The user's line for an error: ours verbatim, the operating system's with its path."""
+    if isinstance(error, MemoryError):
+        return ("out of memory; use smaller sizes (samples, models, data) or a machine with more "
+                "memory.")
+    if isinstance(error, OSError) and not isinstance(error, DriftJaxError):
+        where = f" ({error.filename})" if error.filename else ""
+        if error.errno == errno.ENOSPC:
+            return (f"no space left on device{where}; free some space or write to another "
+                    "folder (nothing half-written was left behind).")
+        return (f"{error.strerror or error}{where}; check the path and its permissions "
+                "(nothing half-written was left behind).")
+    return "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

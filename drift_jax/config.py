@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from drift_jax.errors import DriftJaxError
 from drift_jax.execution import ExecutionConfig
+from drift_jax.validate import ConfigValueError, bounded, check_fields
 
 T = TypeVar("T")
 
@@ -21,22 +22,16 @@ T = TypeVar("T")
 class TrainConfig:
     """One recipe for every member of a stack (DESIGN.md: Adam 1e-3, batch 64, softmax CE)."""
 
-    epochs: int = 5
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = bounded(5, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
     augment_flip: bool = False
-    augment_crop: int = 0  # pad-and-crop margin in pixels; 0 = off
+    augment_crop: int = bounded(0, ge=0)  # pad-and-crop margin in pixels; 0 = off
     execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DriftJaxError(f"train.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.learning_rate <= 0:
-            raise DriftJaxError(f"train.learning_rate must be > 0, got {self.learning_rate}.")
-        if self.weight_decay < 0 or self.augment_crop < 0:
-            raise DriftJaxError("train.weight_decay and train.augment_crop must be >= 0.")
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +40,13 @@ class TrainRunConfig:
 
     data: str = "digits"
     arch: str = "seedcnn"
-    models: int = 2
-    seed: int = 0
-    holdout_fraction: float = 0.2
+    models: int = bounded(2, ge=1)
+    seed: int = bounded(0, ge=0)
+    holdout_fraction: float = bounded(0.2, gt=0, lt=1)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.models < 1:
-            raise DriftJaxError(f"models must be >= 1, got {self.models}.")
-        if not 0 < self.holdout_fraction < 1:
-            raise DriftJaxError(f"holdout_fraction must lie in (0, 1), got "
-                                f"{self.holdout_fraction}.")
+        check_fields(self)
 
 
 def _type_name(tp) -> str:
@@ -112,7 +103,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise DriftJaxError(f"unknown config key(s) {keys}"
                             f"; valid keys: {', '.join(prefix + n for n in sorted(names))}.")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as e:  # name the key by its full path
+        raise ConfigValueError(f"{where}.{e.field}" if where else e.field, e.message) from None
 
 
 def to_dict(config) -> dict:
@@ -134,17 +128,25 @@ def with_overrides(config: T, overrides: list[str]) -> T:
         if not sep:
             raise DriftJaxError(f"override {item!r} must look like key=value "
                                 "(e.g. train.epochs=3).")
-        node = data
+        node, tp = data, type(config)
         *parents, leaf = key.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
                 raise DriftJaxError(f"override {item!r}: {p!r} is not a config section.")
-            node = node[p]
-        if leaf not in node:
+            node, tp = node[p], _field_type(tp, p)
+        # A free-form mapping (e.g. scenario_params) takes any key; a config section only its own.
+        if leaf not in node and dataclasses.is_dataclass(tp):
             raise DriftJaxError(f"override {item!r}: unknown key {key!r}; valid here: "
                                 f"{', '.join(sorted(node))}.")
         node[leaf] = _parse_value(value)
     return from_dict(type(config), data)
+
+
+def _field_type(tp, name: str):
+    """The declared type of field ``name`` of a config dataclass (None inside a mapping)."""
+    if not dataclasses.is_dataclass(tp):
+        return None
+    return typing.get_type_hints(tp).get(name)
 
 
 def read_json_object(path: str | Path) -> dict:

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from scipy import special
 
-from drift_jax import baselines, membership, runtime, stack
+from drift_jax import baselines, inversion, membership, runtime, stack
 from drift_jax import data as data_lib
 from drift_jax import stats as stats_lib
 from drift_jax.config import TrainConfig, to_dict
@@ -39,6 +39,7 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.inversion import GrayData, InversionConfig, MIFaceConfig, invert
 from drift_jax.models import ModelSpec
 from drift_jax.report import DriftReport
+from drift_jax.validate import bounded, check_fields
 
 ATTACKS = tuple(membership.ATTACKS)
 BASELINES = ("disagreement", "bbsd", "mmd")
@@ -56,27 +57,30 @@ class DetectConfig:
     production_model: str | None = None  # a checkpoint: then no production data is needed
     holdout: str | None = None  # a spec (e.g. a test split); None: hold out part of the base
     scenario: str = "label_swap"  # applied to the production data; 'none' is the control
-    severity: int = 5
+    severity: int = bounded(5, ge=0, le=5)
     scenario_params: dict = dataclasses.field(default_factory=dict)
     arch: str = "seedcnn"
-    seed: int = 0
-    base_fraction: float = 0.25
-    production_fraction: float = 0.2
-    reference_fraction: float = 0.4  # controls' pool; the rest is held out
-    controls: int = 19  # p >= 1 / (M + 1): 19 is the least that reaches 0.05; 0: seed rule only
+    seed: int = bounded(0, ge=0)
+    base_fraction: float = bounded(0.25, gt=0, lt=1)
+    production_fraction: float = bounded(0.2, gt=0, lt=1)
+    reference_fraction: float = bounded(0.4, gt=0, lt=1)  # controls' pool; the rest held out
+    # p >= 1 / (M + 1): 19 is the least that reaches 0.05; 0: the seed rule only
+    controls: int = bounded(19, ge=0)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
         samples_per_class=8, miface=MIFaceConfig(max_iter=300, init="uniform")))
     attacks: tuple[str, ...] = ("rule_based", "black_box")
     primary_attack: str = "rule_based"
     baselines: tuple[str, ...] = BASELINES
-    alpha: float = 0.05
+    alpha: float = bounded(0.05, gt=0, lt=1)
     correction: Literal["holm", "bh"] = "holm"
-    attack_fit_size: int = 2500  # members (and as many non-members) to fit attacks on
-    num_shadows: int = 8
-    permutations: int = 1000
+    # members (and as many non-members) to fit attacks on
+    attack_fit_size: int = bounded(2500, ge=10)
+    num_shadows: int = bounded(8, ge=2, even=True)
+    permutations: int = bounded(1000, ge=1)
 
     def __post_init__(self):
+        check_fields(self)
         unknown = set(self.attacks) - set(ATTACKS)
         if unknown or self.primary_attack not in self.attacks:
             raise DriftJaxError(f"attacks must come from {', '.join(ATTACKS)} and include the "
@@ -84,13 +88,8 @@ class DetectConfig:
                                 f"{self.primary_attack!r}.")
         if set(self.baselines) - set(BASELINES):
             raise DriftJaxError(f"baselines must come from {', '.join(BASELINES)}.")
-        if self.controls < 0:
-            raise DriftJaxError("controls must be >= 0 (0: no calibrated test, the original "
-                                "protocol's seed rule decides).")
         if self.production and self.production_model:
             raise DriftJaxError("give production data or a production model, not both.")
-        if not 0 < self.alpha < 1:
-            raise DriftJaxError(f"alpha must lie in (0, 1), got {self.alpha}.")
 
 
 def _with_holdout(config: DetectConfig, base: Dataset) -> tuple[Dataset, np.ndarray | None]:
@@ -292,6 +291,8 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
         plans = [_plan(dataclasses.replace(config, seed=s), pool, base.labels, holdout_ix,
                        production) for s in seeds]
         spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
+        inversion.check_memory(spec, len(seeds) * plans[0].group_size, base.num_classes,
+                               config.inversion)
         production_model = None
         if config.production_model:  # checked before any training
             production_model = stack.load_stack(config.production_model, expect=spec)[1]

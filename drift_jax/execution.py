@@ -10,6 +10,7 @@ from typing import Literal
 import jax
 
 from drift_jax.errors import DriftJaxError
+from drift_jax.validate import bounded, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,15 +28,21 @@ class ExecutionConfig:
     """
 
     member_mode: Literal["auto", "vmap", "map", "loop"] = "auto"
-    scan_chunk: int = 0
+    scan_chunk: int = bounded(0, ge=0)
     conv_form: Literal["auto", "canonical", "autodiff", "im2col"] = "auto"
     pool_form: Literal["auto", "reshape", "flax"] = "auto"
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 # CPU: chosen by `scripts/bench_train.py` (BENCHMARKS.md) on the project's 2-core machine, jax
 # 0.10.2: members one after another inside the step beat vmap, whose convolutions over members'
 # weights lower to grouped convolutions (about half the rate there). GPU/TPU: vmap batches the
-# members into wide kernels (DESIGN.md); not yet measured here, no GPU has been lent so far.
+# members into wide kernels (DESIGN.md). One H200 probe (jax 0.11.2, ../shared/probes) found no
+# form that scales yet: 16 members 240k (vmap), 247k (map), 328k (loop) model-images/s against
+# 279k for one model; `scripts/bench_gpu.py` measures the candidates (im2col convs among them)
+# to choose this default from.
 EXECUTION_DEFAULTS = {
     "cpu": ExecutionConfig(member_mode="map", scan_chunk=32, conv_form="canonical",
                            pool_form="reshape"),

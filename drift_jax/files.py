@@ -1,14 +1,22 @@
-"""Atomic file writes: a temp file in the target folder, fsync, then rename. No pickle anywhere."""
+"""Atomic writes: a file goes to a temp file in its folder, fsync, then rename; a whole result
+folder goes to a temp sibling that replaces the target in one step (`atomic_folder`). No pickle
+anywhere."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from drift_jax import faults
 
 
 def _umask() -> int:
@@ -61,3 +69,48 @@ def atomic_save_figure(path: str | os.PathLike, fig) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yields a fresh temporary sibling of ``path`` to write a whole result into. When the block
+    succeeds it replaces ``path`` in one step (an atomic exchange where the OS has one); when it
+    fails (an exception, a full disk, Ctrl-C) the temporary folder and any parent folders made
+    for it are removed and ``path`` is left exactly as it was."""
+    path = Path(path).absolute()
+    made = [p for p in reversed(path.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        faults.point("files.folder_written")
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Moves the folder ``new`` to ``path``; an existing ``path`` is exchanged atomically
+    (Linux renameat2) or, where that is missing, renamed aside first, and then removed."""
+    if not path.exists():
+        os.rename(new, path)
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    exchange = getattr(libc, "renameat2", None)
+    at_cwd = -100
+    if exchange is not None and exchange(at_cwd, os.fsencode(new), at_cwd, os.fsencode(path),
+                                         _RENAME_EXCHANGE) == 0:
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old result
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    os.rename(path, old / "x")
+    os.rename(new, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -29,6 +29,7 @@ import functools
 import io
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -39,49 +40,60 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from drift_jax import runtime
+from drift_jax import runtime, validate
 from drift_jax.errors import DriftJaxError
 from drift_jax.execution import ExecutionConfig, map_members, resolve_execution
 from drift_jax.files import atomic_write_bytes
 from drift_jax.models import BN_MOMENTUM, ModelSpec
 from drift_jax.stack import per_member_keys, predict, stack_size
+from drift_jax.validate import bounded, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
 class MIFaceConfig:
     """ART ``MIFace`` defaults: zeros init, 10,000 iterations, step 0.1, window 100."""
 
-    max_iter: int = 10_000
-    learning_rate: float = 0.1
+    max_iter: int = bounded(10_000, ge=1)
+    learning_rate: float = bounded(0.1, gt=0)
     init: Literal["zeros", "grey", "uniform", "mean"] = "zeros"
     objective: Literal["probability", "logit"] = "probability"
     early_stop: Literal["none", "art", "paper"] = "none"
-    threshold: float | None = None  # cost threshold; None: 0.99 for 'art' (ART), 0.01 'paper'
-    window: int = 100
+    # cost threshold; None: 0.99 for 'art' (ART), 0.01 'paper'
+    threshold: float | None = bounded(None, ge=0, le=1)
+    window: int = bounded(100, ge=1)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class RegularizedConfig:
     """CIFAR-scale starting points from METHOD.md."""
 
-    steps: int = 2000
-    learning_rate: float = 0.05
-    warmup_steps: int = 100
-    tv_l2: float = 1e-3
-    input_l2: float = 1e-4
-    bn_weight: float = 10.0
-    jitter: int = 2
+    steps: int = bounded(2000, ge=1)
+    learning_rate: float = bounded(0.05, gt=0)
+    warmup_steps: int = bounded(100, ge=0)
+    tv_l2: float = bounded(1e-3, ge=0)
+    input_l2: float = bounded(1e-4, ge=0)
+    bn_weight: float = bounded(10.0, ge=0)
+    jitter: int = bounded(2, ge=0)
     flip: bool = True
-    init_std: float = 0.2
+    init_std: float = bounded(0.2, ge=0)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionConfig:
     method: Literal["miface", "regularized"] = "miface"
-    samples_per_class: int = 32
+    samples_per_class: int = bounded(32, ge=1)
     miface: MIFaceConfig = dataclasses.field(default_factory=MIFaceConfig)
     regularized: RegularizedConfig = dataclasses.field(default_factory=RegularizedConfig)
     execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+
+    def __post_init__(self):
+        check_fields(self)
 
     @property
     def iterations(self) -> int:
@@ -124,11 +136,24 @@ class GrayData:
 
     @classmethod
     def load(cls, path: str | Path) -> GrayData:
+        """Reads and checks a gray.npz (keys, ranks and matching shapes)."""
         if not Path(path).exists():
             raise DriftJaxError(f"gray data file {path} does not exist.")
-        with np.load(path, allow_pickle=False) as z:
-            return cls(**{k: z[k] for k in ("images", "classes", "confidence", "trace",
-                                             "active_steps")})
+        keys = ("images", "classes", "confidence", "trace", "active_steps")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                gray = cls(**{k: z[k] for k in keys})
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise DriftJaxError(f"gray data file {path} is truncated or not ours ({e}); "
+                                "run the inversion again.") from e
+        m, c, s = gray.images.shape[:3] if gray.images.ndim == 6 else (0, 0, 0)
+        if (gray.images.ndim != 6 or gray.classes.shape != (c,)
+                or gray.confidence.shape != (m, c, s) or gray.active_steps.shape != (m, c, s)
+                or gray.trace.ndim != 2 or gray.trace.shape[0] != m):
+            raise DriftJaxError(f"gray data file {path} has inconsistent shapes (images "
+                                f"{gray.images.shape}, classes {gray.classes.shape}); run the "
+                                "inversion again.")
+        return gray
 
 
 def _cost_threshold(cfg: MIFaceConfig) -> float:
@@ -299,6 +324,25 @@ def _programs(spec: ModelSpec, config: InversionConfig, member_mode: str, chunk:
     return run_chunk, init_state, confidence, gradient_norm
 
 
+def check_memory(spec: ModelSpec, num_models: int, num_classes: int,
+                 config: InversionConfig) -> None:
+    """Refuses, before allocating, an inversion whose state would not fit: images and optimiser
+    state for every model x class x sample, plus one step's activations and gradients (all
+    models at once under vmap, one model at a time under map)."""
+    pixels = int(np.prod(spec.image_shape))
+    images = num_models * num_classes * config.samples_per_class
+    per_image_state = pixels * (3 if config.method == "miface" else 6) + (
+        config.miface.window if config.method == "miface" else 0)
+    h, w = spec.image_shape[:2]
+    per_image_step = 3 * (h * w * 32 + (h // 2) * (w // 2) * 64 + pixels)  # SeedCNN-sized
+    execution = resolve_execution(config.execution)
+    stepping = images if execution.member_mode == "vmap" else images // max(num_models, 1)
+    nbytes = 4 * (images * per_image_state + stepping * per_image_step)
+    validate.check_memory(nbytes, f"inverting {num_models} models x {num_classes} classes x "
+                          f"{config.samples_per_class} samples",
+                          "lower inversion.samples_per_class or the number of models")
+
+
 def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, key: jax.Array,
            *, mean_image: np.ndarray | None = None, progress: bool = True) -> GrayData:
     """Inverts every member of a stack for every class in ``classes``.
@@ -322,6 +366,7 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
                             f"{classes.min()}..{classes.max()}.")
     if config.samples_per_class < 1 or config.iterations < 1:
         raise DriftJaxError("invert: samples_per_class and the iteration count must be >= 1.")
+    check_memory(spec, stack_size(variables), classes.size, config)
     execution = resolve_execution(config.execution)
     spec = dataclasses.replace(spec, conv_form=execution.conv_form, pool_form=execution.pool_form)
     m, c, s = stack_size(variables), classes.size, config.samples_per_class

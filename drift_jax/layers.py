@@ -145,15 +145,11 @@ def _pool_even_bwd(x, g):
     PyTorch's max_pool2d and flax's select-and-scatter: autodiff of a reshape-max would split it
     evenly over tied maxima, which are common in clipped images (MIFace's black starts)."""
     b, h, w, c = x.shape
-    x6 = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    hit = x6 == x6.max(axis=(2, 4), keepdims=True)
-    none = jnp.zeros_like(hit[:, :, :, :, :1])
-    # Within a row of the window: not after a hit to its left; the second row: not after any
-    # hit in the first row.
-    first = hit & ~jnp.concatenate([none, hit[:, :, :, :, :1]], axis=4)
-    row0_hit = hit[:, :, :1].any(axis=4, keepdims=True)
-    first = first & ~jnp.concatenate([jnp.zeros_like(row0_hit), row0_hit], axis=2)
-    dx = jnp.where(first, g[:, :, None, :, None, :], 0.0).astype(x.dtype)
+    windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    first = jnp.argmax(windows.reshape(b, h // 2, w // 2, c, 4), axis=-1)
+    picked = first[..., None] == jnp.arange(4)
+    dx = jnp.where(picked, g[..., None], 0.0).astype(x.dtype)
+    dx = dx.reshape(b, h // 2, w // 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return (dx.reshape(b, h, w, c),)
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from drift_jax import validate
 from drift_jax.errors import DriftJaxError
-from drift_jax.files import atomic_write_bytes, atomic_write_json
+from drift_jax.files import atomic_folder, atomic_write_bytes, atomic_write_json
 from drift_jax.inversion import GrayData
 
 # ----------------------------------------------------------------------------- one run
@@ -80,11 +81,18 @@ def summary_lines(report: DriftReport) -> list[str]:
 
 
 def write_report(report: DriftReport, out: str | Path) -> Path:
-    """report.json, config.json, summary.md, gray.npz and figures/, each written atomically;
-    report.json last, so a folder with it holds a finished run."""
+    """The run folder: report.json, config.json, summary.md, gray.npz and figures/, written into
+    a temporary sibling that then replaces ``out`` whole (`files.atomic_folder`): a folder with
+    report.json is a finished run, and a failure leaves ``out`` as it was."""
+    out = Path(out)
+    with atomic_folder(out) as tmp:
+        _write_run(report, tmp)
+    return out
+
+
+def _write_run(report: DriftReport, out: Path) -> None:
     from drift_jax import figures
 
-    out = Path(out)
     atomic_write_json(out / "config.json", report.config)
     if report.gray is not None:
         report.gray.save(out / "gray.npz")
@@ -105,15 +113,17 @@ def write_report(report: DriftReport, out: str | Path) -> Path:
             if isinstance(v, float)]]
     atomic_write_bytes(out / "summary.md", ("\n".join(md) + "\n").encode())
     atomic_write_json(out / "report.json", report.to_json())
-    return out
-
-
 
 
 # ----------------------------------------------------------------------------- sweeps
 
 
 IGNORED_KEYS = ("seed",)
+# report.json: `DriftReport.to_json()`.
+REPORT_SCHEMA = {"is_drift": bool, "p_value": (float, type(None)), "drifted_classes": list,
+                 "attacks": dict, "baselines": dict, "accuracy": dict, "timings": dict,
+                 "config": dict, "class_names": list, "scenario": dict, "environment": dict}
+REPORT_FIX = "delete its run folder and run the sweep again to redo it."
 
 
 def run_flags(report: dict) -> dict[str, bool]:
@@ -156,11 +166,11 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         raise DriftJaxError(f"{sweep_dir} is not a folder; give the --out folder of a sweep.")
     rows = []
     for path in sorted(sweep_dir.rglob("report.json")):
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DriftJaxError(f"{path} is not valid JSON ({e}); delete its run folder and "
-                                "run the sweep again to redo it.") from e
+        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
+            continue  # a run still being written (atomic_folder's temporary sibling)
+        report = validate.read_json(path, REPORT_SCHEMA, "run report", REPORT_FIX)
+        if not isinstance(report["config"].get("alpha"), float):
+            raise DriftJaxError(f"run report {path} has no config.alpha; {REPORT_FIX}")
         rows.append({"run": path.parent.name, "config": _flatten(report["config"]),
                      "flags": run_flags(report), "p_value": report["p_value"],
                      "swap_found": swapped_classes_found(report),
@@ -240,11 +250,18 @@ def _csv(rows: list[dict], cols: list[str]) -> bytes:
 
 def write(sweep_dir: str | Path, out: str | Path | None = None) -> dict:
     """runs.csv, summary.csv, summary.md, summary.json and figures/ in ``out`` (default
-    ``SWEEP_DIR/report``); returns the summary."""
+    ``SWEEP_DIR/report``), replaced whole (a report is derived, so an old one is overwritten);
+    returns the summary."""
+    out = validate.output_folder(out if out else Path(sweep_dir) / "report", overwrite=True)
+    rows = collect(sweep_dir)
+    with atomic_folder(out) as tmp:
+        summary = _write_summary(rows, tmp)
+    return summary
+
+
+def _write_summary(rows: list[dict], out: Path) -> dict:
     from drift_jax import figures
 
-    rows = collect(sweep_dir)
-    out = Path(out) if out else Path(sweep_dir) / "report"
     keys, methods, table = summarize(rows)
     flat_rows = [{"run": r["run"], **{k: r["config"].get(k) for k in [*keys, "seed"]},
                   **r["flags"], "p_value": r["p_value"], "swap_found": r["swap_found"],

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from drift_jax import devices as devices_lib
-from drift_jax import faults, runtime
+from drift_jax import faults, layers, runtime, validate
 from drift_jax.config import TrainConfig
 from drift_jax.devices import DATA, MODELS
 from drift_jax.errors import DriftJaxError
@@ -515,7 +515,6 @@ def save_stack(directory: str | Path, spec: ModelSpec, variables: dict,
 def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[ModelSpec, dict,
                                                                                 dict]:
     """Restores ``(spec, variables, metadata)``; with ``expect``, refuses another architecture."""
-    import json
 
     import orbax.checkpoint as ocp
 
@@ -524,8 +523,15 @@ def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[
     if not meta_path.exists():
         raise DriftJaxError(f"{directory} is not a drift_jax checkpoint (no stack.json); pass the "
                             "folder `drift-jax train --out` wrote its checkpoint to.")
-    meta = json.loads(meta_path.read_text())
-    spec = ModelSpec(**meta["spec"])
+    fix = "the checkpoint is damaged: save or train it again."
+    meta = validate.read_json(meta_path, {"format": str, "spec": dict, "num_members": int,
+                                          "state": str, "metadata": dict},
+                              "checkpoint file", fix, optional=("state",))
+    if meta["format"] != STACK_FORMAT or meta["num_members"] < 1:
+        raise DriftJaxError(f"checkpoint file {meta_path} has format {meta['format']!r} and "
+                            f"{meta['num_members']} members, expected {STACK_FORMAT!r} and >= 1; "
+                            f"{fix}")
+    spec = _spec_from_json(meta["spec"], meta_path, fix)
     if expect is not None and (spec.arch, spec.num_classes, spec.image_shape) != (
             expect.arch, expect.num_classes, expect.image_shape):
         raise DriftJaxError(
@@ -534,6 +540,29 @@ def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[
             f"on {expect.image_shape}; pass a checkpoint of the matching architecture.")
     abstract = jax.eval_shape(lambda: init_stack(
         spec, jax.random.split(jax.random.key(0), meta["num_members"])))
-    with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(directory / meta.get("state", "state"), abstract)
+    state = directory / meta.get("state", "state")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(state, abstract)
+    except Exception as e:  # orbax raises many kinds; all mean the same thing to the user
+        raise DriftJaxError(f"checkpoint {directory}: cannot restore the arrays in {state.name}/ "
+                            f"as the {spec.arch} of its stack.json ({type(e).__name__}: "
+                            f"{str(e)[:200]}); {fix}") from e
     return spec, variables, meta["metadata"]
+
+
+def _spec_from_json(data: dict, path: Path, fix: str) -> ModelSpec:
+    """A `ModelSpec` from a checkpoint's JSON, every field checked."""
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    shape = data.get("image_shape")
+    if (set(data) - fields or not {"arch", "num_classes", "image_shape"} <= set(data)
+            or not isinstance(data["num_classes"], int) or data["num_classes"] < 2
+            or not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(s, int) and s > 0 for s in shape)
+            or data.get("conv_form", "canonical") not in layers.CONV_FORMS
+            or data.get("pool_form", "reshape") not in layers.POOL_FORMS):
+        raise DriftJaxError(f"checkpoint file {path} has an invalid spec {data!r}; {fix}")
+    try:
+        return ModelSpec(**data)
+    except DriftJaxError as e:
+        raise DriftJaxError(f"checkpoint file {path}: {e} {fix}") from e

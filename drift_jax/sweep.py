@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from drift_jax import config as config_lib
 from drift_jax import data as data_lib
+from drift_jax import validate
 from drift_jax.detect import DetectConfig, TrainedCache, detect_drift_seeds
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_json
@@ -113,7 +114,10 @@ def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, i
         if num_tasks is None:
             num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT")
                             or int(env["SLURM_ARRAY_TASK_MAX"]) - low + 1)
-    task_index, num_tasks = task_index or 0, num_tasks or 1
+    task_index = 0 if task_index is None else task_index
+    num_tasks = 1 if num_tasks is None else num_tasks
+    if num_tasks < 1:
+        raise DriftJaxError(f"--num-tasks must be >= 1, got {num_tasks}.")
     if not 0 <= task_index < num_tasks:
         raise DriftJaxError(f"task index {task_index} is outside 0..{num_tasks - 1}; "
                             "--task-index counts from 0 and must be below --num-tasks.")
@@ -129,6 +133,22 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "report.json").exists()
 
 
+def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
+    """Everything a sweep can refuse, refused before it writes anything: repeated points, and
+    an --out that is a file or a folder of something else."""
+    ids = [run_id(c) for c in configs]
+    if len(set(ids)) != len(ids):
+        repeated = next(c for c, i in zip(configs, ids) if ids.count(i) > 1)
+        raise DriftJaxError(f"the sweep grid gives the same point more than once (e.g. seed "
+                            f"{repeated.seed}); list each value once.")
+    if out.exists() and not out.is_dir():
+        raise DriftJaxError(f"--out {out} is a file, not a folder; choose a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists():
+        raise DriftJaxError(f"--out {out} is a folder of other files, not a sweep; choose a new "
+                            "or empty folder (or this sweep's own folder, to resume it).")
+    validate.writable(out)
+
+
 def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None,
               num_tasks: int | None = None, progress: bool = True) -> dict:
     """Runs this task's unfinished points; returns {"ran": [...ids], "skipped": [...],
@@ -136,6 +156,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
     out = Path(out)
     task_index, num_tasks = task_from_env(task_index, num_tasks)
     configs = points(sweep)
+    _check_before_writing(configs, out)
     atomic_write_json(out / "sweep.json", {"sweep": config_lib.to_dict(sweep),
                                            "runs": {run_id(c): config_lib.to_dict(c)
                                                     for c in configs}})

@@ -10,10 +10,10 @@ from pathlib import Path
 import jax
 
 from drift_jax import data as data_lib
-from drift_jax import faults, runtime, stack
+from drift_jax import faults, runtime, stack, validate
 from drift_jax.config import TrainRunConfig, to_dict
 from drift_jax.data import Dataset
-from drift_jax.files import atomic_write_json
+from drift_jax.files import atomic_folder, atomic_write_json
 from drift_jax.models import ModelSpec
 
 
@@ -25,12 +25,17 @@ class TrainRun:
 
 
 def run_training(config: TrainRunConfig, out: str | Path | None = None,
-                 dataset: Dataset | None = None, progress: bool = True) -> TrainRun:
+                 dataset: Dataset | None = None, progress: bool = True,
+                 overwrite: bool = False) -> TrainRun:
     """Trains ``config.models`` members (seeds ``config.seed + m``) on the same training part.
 
-    With ``out``, writes ``config.json``, ``checkpoint/`` and ``metrics.json`` there once training
-    succeeded; metrics last, so a folder with metrics.json holds a finished run.
+    With ``out`` (checked before any work; a finished run there is replaced only with
+    ``overwrite``), writes ``config.json``, ``checkpoint/`` and ``metrics.json`` into a temporary
+    sibling once training succeeded, which then replaces ``out`` whole: a failure at any point
+    leaves ``out`` as it was.
     """
+    if out is not None:
+        out = validate.output_folder(out, overwrite)
     t0 = time.perf_counter()
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     train_ix, holdout_ix = data_lib.stratified_split(
@@ -62,11 +67,11 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         "train_images_per_second": examples / result.seconds,
         "environment": runtime.environment(),
     }
-    if out is not None:  # only after success: a failed run leaves no folder behind
-        out = Path(out)
-        atomic_write_json(out / "config.json", to_dict(config))
-        stack.save_stack(out / "checkpoint", spec, result.variables,
-                         {"data": dataset.name, "seed": config.seed})
-        faults.point("train.checkpoint_saved")
-        atomic_write_json(out / "metrics.json", metrics)
+    if out is not None:
+        with atomic_folder(out) as tmp:
+            atomic_write_json(tmp / "config.json", to_dict(config))
+            stack.save_stack(tmp / "checkpoint", spec, result.variables,
+                             {"data": dataset.name, "seed": config.seed})
+            faults.point("train.checkpoint_saved")
+            atomic_write_json(tmp / "metrics.json", metrics)
     return TrainRun(spec, result.variables, metrics)

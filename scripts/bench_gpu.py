@@ -10,8 +10,8 @@ run. PyTorch runs beside us where torch is installed, IBM ART's MIFace where its
   python scripts/bench_gpu.py --markdown OUT/bench_gpu.jsonl      # BENCHMARKS.md GPU section
   QUICK=1 python scripts/bench_gpu.py --out /tmp/b                  # CPU smoke test, small sizes
 
-Sections: env, detect_digits, sweep_original_cifar10, improved_cifar10, train_stack,
-torch_train, invert, art_miface.
+Sections: env, detect_digits, detect_digits_median, sweep_original_cifar10, improved_cifar10,
+train_stack, torch_train, invert, art_miface. On 2 CPU cores the first three take ~2 minutes.
 """
 
 from __future__ import annotations
@@ -92,6 +92,30 @@ def detect_digits(rec: Recorder, scratch: Path, cifar: Path | None) -> None:
     _cold_then_warm(rec, "detect_digits", lambda out: ["detect", "--quiet", "--out", str(out),
                                                        *extra],
                     lambda out: out / "report.json", scratch)
+
+
+def detect_digits_median(rec: Recorder, *_) -> None:
+    """The digits default in one process, seeds 0-5: the first run, then the median of the
+    five warm ones, with the share of attacks, baselines and evaluation in a warm run."""
+    from drift_jax import data
+    from drift_jax.detect import DetectConfig, detect_drift
+
+    ds = data.load("digits")
+    walls, stages = [], []
+    for seed in range(3 if QUICK else 6):
+        start = time.perf_counter()
+        report = detect_drift(DetectConfig(seed=seed), base=ds, progress=False)
+        walls.append(time.perf_counter() - start)
+        stages.append({k: v for k, v in report.timings.items()
+                       if isinstance(v, float) and k != "total"})
+    after = lambda s: sum(v for k, v in s.items() if k.startswith("attack_") or k in (
+        "evaluate", "shadows", "baselines"))
+    rec.emit("detect_digits_median", first_s=round(walls[0], 2),
+             median_warm_s=round(float(np.median(walls[1:])), 2),
+             attacks_baselines_share=round(float(np.median(
+                 [after(s) / sum(s.values()) for s in stages[1:]])), 3),
+             stages_warm={k: round(float(np.median([s[k] for s in stages[1:]])), 2)
+                          for k in stages[1]})
 
 
 def _cifar_sets(cifar: Path) -> list[str]:
@@ -294,8 +318,8 @@ def env(rec: Recorder, *_) -> None:
     rec.emit("env", quick=QUICK, **runtime.environment())
 
 
-SECTIONS = (env, detect_digits, sweep_original_cifar10, improved_cifar10, train_stack,
-            torch_train, invert, art_miface)
+SECTIONS = (env, detect_digits, detect_digits_median, sweep_original_cifar10, improved_cifar10,
+            train_stack, torch_train, invert, art_miface)
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -320,6 +344,10 @@ def markdown(records: list[dict]) -> list[str]:
                            if k != "total")
         lines.append(f"| {section} process wall | {runs['cold']['process_wall_s']} s | "
                      f"{runs['warm']['process_wall_s']} s | {stages} |")
+    for r in by.get("detect_digits_median", []):
+        lines.append(f"| detect_digits in one process: first run, then median of warm runs | "
+                     f"{r.get('first_s')} s | {r.get('median_warm_s')} s | attacks + baselines "
+                     f"{r.get('attacks_baselines_share')} of a warm run |")
     lines += ["", "| training (SeedCNN, 32x32x3, batch 64) | model-images/s | vs one model |",
               "|---|---|---|"]
     for r in by.get("train_stack", []):

@@ -18,12 +18,15 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import struct
 import tarfile
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from drift_jax import validate
 from drift_jax.data.dataset import Dataset
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_save_npy, atomic_write_json
@@ -52,6 +55,13 @@ def synthetic(n: int = 1000, classes: int = 10, size: int = 16, channels: int = 
     if n < classes or classes < 2:
         raise DriftJaxError(f"synthetic: need classes >= 2 and n >= classes, got n={n}, "
                             f"classes={classes}.")
+    if size < 1 or channels < 1 or seed < 0 or not np.isfinite(noise) or noise < 0:
+        raise DriftJaxError(f"synthetic: size and channels must be >= 1, seed >= 0 and noise a "
+                            f"finite number >= 0; got size={size}, channels={channels}, "
+                            f"seed={seed}, noise={noise}.")
+    # The float64 noise is the largest temporary: 8 bytes per pixel, plus the uint8 result.
+    validate.check_memory(9.0 * n * size * size * channels, f"synthetic data of {n} images of "
+                          f"{size}x{size}x{channels}", "lower n or size", device=False)
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 1, (classes, 4, 4, channels))
     reps = -(-size // 4)
@@ -137,18 +147,67 @@ def idx(directory: str | os.PathLike, prefix: str = "t10k", transpose: bool = Fa
 def _cache_dir() -> Path:
     from drift_jax.runtime import cache_root
 
-    return cache_root()
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise DriftJaxError(f"the cache folder {root} is a file; point DRIFT_JAX_CACHE at a "
+                            "folder (or unset it for ~/.cache/drift_jax).")
+    return root
+
+
+def _read_cache(cached: Path, name: str) -> Dataset | None:
+    """A decoded dataset from the cache, checked (keys, dtypes, shapes, label range); a missing,
+    truncated or corrupt entry is removed and None returned, so the caller decodes afresh."""
+    if not (cached / "meta.json").exists():
+        return None
+    try:
+        meta = json.loads((cached / "meta.json").read_text())
+        images = np.load(cached / "images.npy", allow_pickle=False)
+        labels = np.load(cached / "labels.npy", allow_pickle=False)
+        class_names = tuple(meta["class_names"])
+        if (images.dtype != np.uint8 or images.ndim != 4 or labels.shape != images.shape[:1]
+                or not np.issubdtype(labels.dtype, np.integer) or len(class_names) < 2
+                or not all(isinstance(c, str) for c in class_names)
+                or (labels.size and not 0 <= labels.min() <= labels.max() < len(class_names))):
+            raise ValueError("unexpected contents")
+        return Dataset(images, labels, class_names, name)
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        shutil.rmtree(cached, ignore_errors=True)  # rebuilt by the caller
+        return None
+
+
+# Caps on what one image may be: the file as stored, and its decoded pixels. A classifier's
+# inputs are far smaller; a larger one is a mistake or a decompression bomb, refused unread.
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def _decode(item: tuple[str, bytes]) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     name, data = item
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DriftJaxError(
+                        f"folder: {name} declares {im.width}x{im.height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} an image may have here; resize it or remove it.")
+                im.load()
+                if im.mode not in ("L", "RGB"):
+                    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                        raise DriftJaxError(
+                            f"folder: {name} has {im.mode} pixels (16-bit or wider); convert "
+                            "the images to 8-bit grayscale or RGB first.")
+                    im = im.convert("RGB")
+                return np.asarray(im)
+    except DriftJaxError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DriftJaxError(f"folder: {name} is a decompression bomb ({e}); remove it.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DriftJaxError(f"folder: cannot decode {name} ({e}); the image is corrupt or "
                             "truncated: replace or delete it.") from e
 
@@ -180,6 +239,9 @@ def _class_of(relpath: PurePosixPath, split: str | None) -> str | None:
 
 
 def _archive_items(archive: Path, split: str | None):
+    if zipfile.is_zipfile(archive):
+        raise DriftJaxError(f"folder: {archive} is a zip archive, which folder: does not read; "
+                            "unzip it and pass the folder, or re-pack it as .tar.gz.")
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
@@ -187,8 +249,14 @@ def _archive_items(archive: Path, split: str | None):
                 if not member.isfile():
                     continue
                 cls = _class_of(PurePosixPath(member.name), split)
-                if cls is not None:
-                    yield cls, member.name, tar.extractfile(member).read()
+                if cls is None:
+                    continue
+                if member.size > MAX_IMAGE_FILE_BYTES:
+                    raise DriftJaxError(
+                        f"folder: archive {archive} member {member.name} is {member.size:,} bytes "
+                        f"unpacked, more than the {MAX_IMAGE_FILE_BYTES:,} an image file may "
+                        "be; remove it (a decompression bomb is refused unread).")
+                yield cls, member.name, tar.extractfile(member).read(MAX_IMAGE_FILE_BYTES + 1)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DriftJaxError(f"folder: cannot read archive {archive} ({e}); it is corrupt or "
                             "truncated.") from e
@@ -198,8 +266,13 @@ def _directory_items(root: Path, split: str | None):
     for path in sorted(root.rglob("*")):
         if path.is_file():
             cls = _class_of(PurePosixPath(path.relative_to(root).as_posix()), split)
-            if cls is not None:
-                yield cls, str(path), path.read_bytes()
+            if cls is None:
+                continue
+            if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+                raise DriftJaxError(f"folder: {path} is {path.stat().st_size:,} bytes, more than "
+                                    f"the {MAX_IMAGE_FILE_BYTES:,} an image file may be; remove "
+                                    "it.")
+            yield cls, str(path), path.read_bytes()
 
 
 def _fingerprint(path: Path, split: str | None) -> str:
@@ -232,10 +305,8 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     key = _fingerprint(path, split)
     cached = _cache_dir() / "folder" / key
     name = f"folder:{path}?split={split}"
-    if cache and (cached / "meta.json").exists():
-        meta = json.loads((cached / "meta.json").read_text())
-        return Dataset(np.load(cached / "images.npy"), np.load(cached / "labels.npy"),
-                       tuple(meta["class_names"]), name)
+    if cache and (hit := _read_cache(cached, name)) is not None:
+        return hit
     items = list(_archive_items(path, split) if path.is_file() else _directory_items(path, split))
     if not items:
         raise DriftJaxError(f"folder: no images for split {split!r} in {path}; expected "
@@ -255,10 +326,7 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
             decoded = [im for part in pool.map(_decode_chunk, chunks) for im in part]
     else:
         decoded = _decode_chunk(payload)
-    shapes = {im.shape for im in decoded}
-    if len(shapes) != 1:
-        raise DriftJaxError(f"folder: images in {path} have different shapes {sorted(shapes)[:4]}; "
-                            "resize them to one size first.")
+    _check_one_shape(path, payload, decoded)
     images = np.stack(decoded)
     if images.ndim == 3:
         images = images[..., None]
@@ -268,6 +336,25 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
         atomic_save_npy(cached / "labels.npy", dataset.labels)
         atomic_write_json(cached / "meta.json", {"class_names": list(class_names), "source": name})
     return dataset
+
+
+def _check_one_shape(path: Path, payload: list, decoded: list[np.ndarray]) -> None:
+    """All images must share one size and one channel count; the error names an example of
+    each kind and the fix for the kind of mismatch."""
+    kinds: dict[tuple, str] = {}
+    for (name, _), im in zip(payload, decoded):
+        kinds.setdefault(im.shape, name)
+    if len(kinds) == 1:
+        return
+    channels = {shape[2] if len(shape) == 3 else 1 for shape in kinds}
+    sizes = {shape[:2] for shape in kinds}
+    examples = "; ".join(f"{name}: {'x'.join(map(str, shape))}" for shape, name in
+                         list(kinds.items())[:3])
+    if len(channels) > 1:
+        fix = "a mix of grayscale and colour images: convert them all to one mode (RGB or L)"
+    else:
+        fix = f"{len(sizes)} different sizes: resize them to one size"
+    raise DriftJaxError(f"folder: images in {path} are {fix} first ({examples}).")
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -285,9 +372,18 @@ def tfds(name: str, split: str = "train", data_dir: str | None = None) -> Datase
         raise DriftJaxError("tfds: tensorflow-datasets is not installed; pip install "
                             "tensorflow-datasets.") from e
     try:
-        source = tfds_lib.data_source(name, split=split, data_dir=data_dir)
         builder = tfds_lib.builder(name, data_dir=data_dir)
     except Exception as e:
+        raise DriftJaxError(f"tfds: cannot find the dataset {name!r} ({type(e).__name__}: {e}); "
+                            "check the name (tfds.list_builders()).") from e
+    try:
+        source = tfds_lib.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:
+        if not builder.is_prepared():  # the usual cause: name it, not the import it tripped on
+            raise DriftJaxError(
+                f"tfds: {name} is not prepared in {builder.data_dir}; prepare it once (pip "
+                f"install 'drift_jax[tf]', then tfds build {name} --file_format=array_record), "
+                "or pass ?data_dir= where it is prepared.") from e
         raise DriftJaxError(f"tfds: cannot open {name}:{split} ({type(e).__name__}: {e}); prepare "
                             "it first (pip install 'drift_jax[tf]', then tfds build "
                             f"{name} --file_format=array_record).") from e

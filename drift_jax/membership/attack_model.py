@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from drift_jax.errors import DriftJaxError
+from drift_jax.validate import bounded, check_fields
 
 
 class AttackNet(nn.Module):
@@ -38,12 +39,15 @@ class AttackNet(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class AttackTrainConfig:
-    epochs: int = 100
-    batch_size: int = 100
-    learning_rate: float = 1e-4
-    validation_fraction: float = 0.2
-    patience: int = 20  # epochs without a better validation loss before stopping ...
-    min_epochs: int = 40  # ... but never before this: Adam at 1e-4 starts on a plateau
+    epochs: int = bounded(100, ge=1)
+    batch_size: int = bounded(100, ge=1)
+    learning_rate: float = bounded(1e-4, gt=0)
+    validation_fraction: float = bounded(0.2, gt=0, lt=1)
+    patience: int = bounded(20, ge=1)  # epochs without a better validation loss before stopping
+    min_epochs: int = bounded(40, ge=0)  # ... but never before this: Adam at 1e-4 plateaus first
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,324 @@
+"""The general mechanisms behind bad-input handling (docs/BAD_INPUT.md, second round): a finished
+run is never lost, a failed command leaves no half-written folder, everything is validated before
+any work, memory is estimated before allocating, files of ours are checked on reading, zero means
+zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from drift_jax import data, faults, stack
+from drift_jax.errors import DriftJaxError
+from drift_jax.inversion import GrayData
+from drift_jax.models import ModelSpec
+
+TRAIN = ["train", "--data", "synthetic?n=120&classes=3&size=8", "--models", "1", "--epochs", "1",
+         "--quiet"]
+
+
+def _cli(argv, env=None, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "drift_jax.cli", *argv], capture_output=True,
+                          text=True, timeout=600, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+    return proc.returncode, proc.stderr
+
+
+def _one_line_error(rc, stderr, *fragments):
+    assert rc == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _tree(folder):
+    """Every file under a folder with its bytes: what must survive a failed command."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- 1. data loss
+
+
+def test_a_finished_run_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert _cli([*TRAIN, "--out", str(out)])[0] == 0
+    before = _tree(out)
+    _one_line_error(*_cli([*TRAIN, "--seed", "1", "--out", str(out)]), "finished run",
+                    "--overwrite")
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("point", ["save_stack.state_written:raise",
+                                   "train.checkpoint_saved:raise", "files.folder_written:raise"])
+def test_a_failed_overwrite_keeps_the_finished_run_whole(tmp_path, point):
+    """Overwriting a finished run when the save fails (a full disk, injected at a fixed point):
+    the old run is intact and loads, nothing else is left beside it, and one line says why."""
+    out = tmp_path / "w" / "run"
+    assert _cli([*TRAIN, "--out", str(out)])[0] == 0
+    before = _tree(out)
+    rc, err = _cli([*TRAIN, "--seed", "1", "--overwrite", "--out", str(out)],
+                   env={faults.FAULT_ENV: point})
+    _one_line_error(rc, err, "no space left on device")
+    assert _tree(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
+    stack.load_stack(out / "checkpoint")
+    assert _cli(["invert", "--checkpoint", str(out / "checkpoint"), "--samples", "1",
+                 "--iterations", "2", "--quiet", "--out", str(tmp_path / "inv")])[0] == 0
+
+
+def test_overwrite_replaces_a_finished_run(tmp_path):
+    out = tmp_path / "w" / "run"
+    assert _cli([*TRAIN, "--out", str(out)])[0] == 0
+    first = json.loads((out / "config.json").read_text())
+    assert _cli([*TRAIN, "--seed", "3", "--overwrite", "--out", str(out)])[0] == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 3 != first["seed"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
+
+
+# ----------------------------------------------------------------------------- 2. half-written
+
+
+@pytest.mark.parametrize("command", ["train", "invert", "detect"])
+def test_a_full_disk_leaves_no_folder(tmp_path, command):
+    if command == "invert":
+        assert _cli([*TRAIN, "--out", str(tmp_path / "model")])[0] == 0
+    argv = {"train": TRAIN,
+            "invert": ["invert", "--checkpoint", str(tmp_path / "model" / "checkpoint"),
+                       "--samples", "1", "--iterations", "2", "--quiet"],
+            "detect": ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
+                       "--set", "controls=2", "--set", "train.epochs=1",
+                       "--set", "inversion.samples_per_class=1",
+                       "--set", "inversion.miface.max_iter=5", "--set", 'attacks=["rule_based"]',
+                       "--set", "permutations=20", "--set", "attack_fit_size=40"]}[command]
+    rc, err = _cli([*argv, "--out", str(tmp_path / "out" / "run")],
+                   env={faults.FAULT_ENV: "files.folder_written:raise"})
+    _one_line_error(rc, err, "no space left on device")
+    assert not (tmp_path / "out").exists()  # not even the parent made for it
+
+
+def test_a_sweep_with_a_repeated_point_writes_nothing(tmp_path):
+    rc, err = _cli(["sweep", "--grid", "seed=0,0", "--out", str(tmp_path / "sw")])
+    _one_line_error(rc, err, "same point more than once")
+    assert not (tmp_path / "sw").exists()
+
+
+# ----------------------------------------------------------------------------- 3. validate first
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--set", "train.learning_rate=NaN"], ["train.learning_rate", "finite"]),
+    (["--set", "permutations=-5"], ["permutations must be >= 1"]),
+    (["--set", "production_fraction=NaN"], ["production_fraction", "finite"]),
+    (["--seed", "-1"], ["seed must be >= 0"]),
+    (["--set", "inversion.samples_per_class=0"], ["inversion.samples_per_class must be >= 1"]),
+    (["--set", "num_shadows=3"], ["num_shadows must be an even number"]),
+    (["--set", "inversion.regularized.steps=0"], ["inversion.regularized.steps must be >= 1"]),
+])
+def test_bad_numbers_are_refused_at_parse_time(argv, fragments, tmp_path):
+    start = time.perf_counter()
+    rc, err = _cli(["detect", "--quiet", "--out", str(tmp_path / "run"), *argv])
+    _one_line_error(rc, err, *fragments)
+    assert time.perf_counter() - start < 60  # refused before training (which takes longer)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_output_paths_are_refused_before_any_work(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, fragment in [(a_file, "is a file"), (a_file / "run", "which is a file")]:
+        for command in (TRAIN, ["detect", "--quiet"]):
+            _one_line_error(*_cli([*command, "--out", str(out)]), fragment)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    _one_line_error(*_cli([*TRAIN, "--out", str(other)]), "folder of other files")
+    assert (other / "notes.txt").read_text() == "keep me"
+    _one_line_error(*_cli(["sweep", "--out", str(other)]), "not a sweep")
+
+
+# ----------------------------------------------------------------------------- 4. blow-ups
+
+
+def test_memory_is_estimated_before_allocating(tmp_path):
+    _one_line_error(*_cli(["detect", "--quiet", "--set", "inversion.samples_per_class=1000000000",
+                           "--out", str(tmp_path / "run")]), "memory", "samples_per_class")
+    _one_line_error(*_cli(["data", "info", "synthetic?n=100000000000"]), "memory", "lower n")
+
+
+def _tar(path, members: dict[str, bytes]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def _png(size=(8, 8), mode="L", value=0):
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_archive_and_image_bombs_are_refused_unread(tmp_path, monkeypatch):
+    from drift_jax.data import sources
+
+    monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 1000)  # a small cap for a small test
+    bomb = tmp_path / "bomb.tar.gz"
+    _tar(bomb, {"train/a/x.png": bytes(100_000), "train/b/y.png": _png()})
+    assert bomb.stat().st_size < 2000  # inflates 50x and more
+    with pytest.raises(DriftJaxError, match="more than the 1,000 an image file may be"):
+        data.load(f"folder:{bomb}?cache=0")
+    big = tmp_path / "big.tar.gz"
+    _tar(big, {"train/a/x.png": _png((6000, 6000)), "train/b/y.png": _png()})
+    monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 64 * 2**20)
+    with pytest.raises(DriftJaxError, match="6000x6000 pixels"):
+        data.load(f"folder:{big}?cache=0")
+
+
+# ----------------------------------------------------------------------------- 5. our files
+
+
+def _checkpoint(tmp_path):
+    spec_ = ModelSpec("seedcnn", 3, (8, 8, 1))
+    stack.save_stack(tmp_path / "ckpt", spec_, stack.init_stack(
+        spec_, jax.random.split(jax.random.key(0), 1)))
+    return tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda t: t[: len(t) // 2], "not valid JSON"),
+    (lambda t: "{}", "missing keys"),
+    (lambda t: json.dumps({**json.loads(t), "extra": 1}), "unknown keys extra"),
+    (lambda t: json.dumps({**json.loads(t), "spec": {**json.loads(t)["spec"], "arch": "resnet"}}),
+     "cannot restore the arrays"),
+    (lambda t: json.dumps({**json.loads(t), "num_members": "two"}), "expected int"),
+    (lambda t: "[1, 2]", "not an object"),
+])
+def test_a_damaged_checkpoint_names_its_file_and_problem(tmp_path, damage, fragment):
+    ckpt = _checkpoint(tmp_path)
+    meta = ckpt / "stack.json"
+    meta.write_text(damage(meta.read_text()))
+    with pytest.raises(DriftJaxError, match=fragment):
+        stack.load_stack(ckpt)
+
+
+def test_truncated_checkpoint_arrays_are_named(tmp_path):
+    ckpt = _checkpoint(tmp_path)
+    for path in ckpt.rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DriftJaxError, match="cannot restore the arrays"):
+        stack.load_stack(ckpt)
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"config": 1'])
+def test_a_damaged_report_is_named(tmp_path, content):
+    run = tmp_path / "sweep" / "runs" / "abc"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(content)
+    rc, err = _cli(["report", str(tmp_path / "sweep")])
+    _one_line_error(rc, err, "report.json", "delete its run folder")
+
+
+def test_a_truncated_gray_file_is_named(tmp_path):
+    gray = GrayData(np.zeros((1, 2, 1, 4, 4, 1), np.float32), np.arange(2), np.zeros((1, 2, 1)),
+                    np.zeros((1, 3)), np.ones((1, 2, 1), np.int32))
+    gray.save(tmp_path / "g.npz")
+    raw = (tmp_path / "g.npz").read_bytes()
+    (tmp_path / "g.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DriftJaxError, match="truncated"):
+        GrayData.load(tmp_path / "g.npz")
+
+
+def test_a_corrupt_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRIFT_JAX_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "tiny.tar.gz"
+    _tar(archive, {f"train/{c}/{i}.png": _png(value=40 * i) for c in "ab" for i in range(3)})
+    first = data.load(f"folder:{archive}")
+    (entry,) = (tmp_path / "cache" / "folder").iterdir()
+    raw = (entry / "images.npy").read_bytes()
+    (entry / "images.npy").write_bytes(raw[: len(raw) - 10])
+    again = data.load(f"folder:{archive}")
+    np.testing.assert_array_equal(again.images, first.images)
+    assert len(np.load(entry / "images.npy")) == len(first)  # written afresh
+
+
+def test_a_cache_variable_pointing_at_a_file_is_named(tmp_path):
+    (tmp_path / "f").write_text("x")
+    archive = tmp_path / "tiny.tar.gz"
+    _tar(archive, {f"train/{c}/0.png": _png() for c in "ab"})
+    rc, err = _cli(["data", "info", f"folder:{archive}"], env={"DRIFT_JAX_CACHE": str(
+        tmp_path / "f")})
+    _one_line_error(rc, err, "is a file", "DRIFT_JAX_CACHE")
+
+
+# ----------------------------------------------------------------------------- 6. zero is zero
+
+
+def test_zero_means_zero(tmp_path):
+    assert _cli([*TRAIN, "--out", str(tmp_path / "model")])[0] == 0
+    ckpt = str(tmp_path / "model" / "checkpoint")
+    for flag in ("--samples", "--iterations"):
+        _one_line_error(*_cli(["invert", "--checkpoint", ckpt, flag, "0", "--out",
+                               str(tmp_path / "inv")]), "must be >= 1")
+    _one_line_error(*_cli(["sweep", "--num-tasks", "0", "--out", str(tmp_path / "sw")]),
+                    "--num-tasks must be >= 1")
+    _one_line_error(*_cli(["data", "info", "synthetic?noise=nan"]), "noise a finite number")
+    assert not (tmp_path / "inv").exists() and not (tmp_path / "sw").exists()
+
+
+# ----------------------------------------------------------------------------- 7. messages
+
+
+def test_messages_name_the_real_cause(tmp_path):
+    mixed = tmp_path / "mixed.tar.gz"
+    _tar(mixed, {"train/a/x.png": _png(mode="L"), "train/b/y.png": _png(mode="RGB")})
+    with pytest.raises(DriftJaxError, match="mix of grayscale and colour"):
+        data.load(f"folder:{mixed}?cache=0")
+    deep = tmp_path / "deep.tar.gz"
+    _tar(deep, {"train/a/x.png": _png(mode="I;16"), "train/b/y.png": _png()})
+    with pytest.raises(DriftJaxError, match="16-bit"):
+        data.load(f"folder:{deep}?cache=0")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as z:
+        z.writestr("train/a/x.png", _png())
+    with pytest.raises(DriftJaxError, match="zip archive"):
+        data.load(f"folder:{tmp_path / 'data.zip'}")
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import DetectConfig
+
+    cfg = with_overrides(DetectConfig(), ["scenario_params.a=2", "scenario_params.b=3"])
+    assert cfg.scenario_params == {"a": 2, "b": 3}
+    _one_line_error(*_cli(["sweep", "--task-index", "0", "--num-tasks", "-2", "--out",
+                           str(tmp_path / "s")]), "--num-tasks must be >= 1")
+
+
+# ----------------------------------------------------------------------------- 8. interrupts
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "train", "--data", "digits",
+                             "--models", "2", "--epochs", "200", "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    line = ""
+    while "train" not in line and time.time() < deadline:  # the progress bar: training began
+        line = proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert not out.exists()
