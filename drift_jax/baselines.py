@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats as sp_stats
 
+from drift_jax import validate
 from drift_jax.errors import DriftJaxError
 from drift_jax.stats import calibrated_p_value
 
@@ -99,6 +100,10 @@ def mmd_tests(x, y, keys: jax.Array, num_permutations: int = 500, block: int = 1
     """Two-sample MMD^2 (biased) permutation tests, Gaussian kernel with the median-heuristic
     bandwidth, for S sample pairs at once: x [S, n, ...], y [S, m, ...] (uint8 images are scaled
     to [0, 1]; flattened inside), keys [S]. One compiled program per shape."""
+    total = int(np.shape(x)[1] + np.shape(y)[1])
+    validate.check_memory(12.0 * (num_permutations + 1) * total + 4.0 * (np.size(x) + np.size(y)),
+                          f"an MMD test of {num_permutations} permutations on {total} samples",
+                          "lower permutations")
     mmd2, bandwidth = _mmd_seeds(jnp.asarray(x), jnp.asarray(y), keys, num_permutations,
                                  min(block, int(np.shape(x)[1] + np.shape(y)[1])))
     mmd2, bandwidth = np.asarray(mmd2), np.asarray(bandwidth)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from scipy import special
 
-from drift_jax import baselines, inversion, membership, runtime, stack
+from drift_jax import baselines, inversion, membership, runtime, stack, validate
 from drift_jax import data as data_lib
 from drift_jax import stats as stats_lib
 from drift_jax.config import TrainConfig, to_dict
@@ -288,11 +288,10 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
     with clock("data"):
         base = base if base is not None else data_lib.load(config.base)
         pool, holdout_ix = _with_holdout(config, base)
+        spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
+        _check_memory(config, len(seeds), spec, len(pool))
         plans = [_plan(dataclasses.replace(config, seed=s), pool, base.labels, holdout_ix,
                        production) for s in seeds]
-        spec = ModelSpec(config.arch, base.num_classes, base.image_shape)
-        inversion.check_memory(spec, len(seeds) * plans[0].group_size, base.num_classes,
-                               config.inversion)
         production_model = None
         if config.production_model:  # checked before any training
             production_model = stack.load_stack(config.production_model, expect=spec)[1]
@@ -320,6 +319,19 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
                         environment=runtime.environment(),
                         gray=gray.select(np.arange(g * group, (g + 1) * group)))
             for g, (plan, fields) in enumerate(zip(plans, outcome))]
+
+
+def _check_memory(config: DetectConfig, num_seeds: int, spec: ModelSpec,
+                  pool_size: int) -> None:
+    """The run's largest allocations, estimated before any work: the inversion of every model,
+    the stack's training, and the permutation tests (per class: M + 1 models' samples)."""
+    models = num_seeds * (2 + config.controls)
+    inversion.check_memory(spec, models, spec.num_classes, config.inversion)
+    stack.check_training_memory(spec, models, config.train.batch_size, 1, "vmap", pool_size)
+    samples = config.inversion.samples_per_class * (config.controls + 1)
+    validate.check_memory(4.0 * num_seeds * (spec.num_classes + 1) * config.permutations
+                          * samples * spec.num_classes, f"permutation tests of "
+                          f"{config.permutations} permutations", "lower permutations")
 
 
 def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, images,

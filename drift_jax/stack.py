@@ -45,7 +45,30 @@ def _init_program(spec: ModelSpec):
 
 def init_stack(spec: ModelSpec, keys: jax.Array) -> dict:
     """Variables of ``len(keys)`` independently initialised models, leaves [N, ...]."""
+    validate.check_memory(model_bytes(spec) * len(keys), f"a stack of {len(keys)} models",
+                          "use fewer models (controls, shadows, seeds)")
     return _init_program(spec)(keys)
+
+
+@functools.lru_cache(maxsize=32)
+def model_bytes(spec: ModelSpec) -> int:
+    """Bytes of one model's variables."""
+    shapes = jax.eval_shape(spec.init, jax.random.key(0))
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+
+def check_training_memory(spec: ModelSpec, num_members: int, batch: int, steps: int,
+                          member_mode: str, num_images: int) -> None:
+    """Refuses, before allocating, a training run that would not fit: the stack with its Adam
+    state and gradients, one epoch's schedule, the images, and one step's activations (every
+    member at once under vmap)."""
+    h, w = spec.image_shape[:2]
+    per_image = 4 * 3 * (h * w * 32 + (h // 2) * (w // 2) * 64 + int(np.prod(spec.image_shape)))
+    stepping = num_members if member_mode == "vmap" else 1
+    nbytes = (4 * model_bytes(spec) * num_members + 17 * steps * batch * num_members
+              + num_images * int(np.prod(spec.image_shape)) + stepping * batch * per_image)
+    validate.check_memory(nbytes, f"training {num_members} models with batch {batch}",
+                          "lower train.batch_size or the number of models")
 
 
 def per_member_keys(key: jax.Array, num_members: int) -> jax.Array:
@@ -275,6 +298,7 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     mesh = mesh or devices_lib.stack_mesh(1 if loop else num_members)
     batch = config.batch_size
     steps = -(-int(sizes.max()) // batch)
+    check_training_memory(spec, num_members, batch, steps, execution.member_mode, len(images))
     # Even chunks: at most scan_chunk steps each, and less than one chunk of padded steps.
     num_chunks = -(-steps // execution.scan_chunk)
     layout = _Layout(batch=batch, padded_batch=-(-batch // mesh.shape[DATA]) * mesh.shape[DATA],

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats as sp_stats
 
+from drift_jax import validate
 from drift_jax.errors import DriftJaxError
 
 
@@ -75,6 +76,9 @@ def permutation_tests(x, y, keys: jax.Array, num_permutations: int = 2000) -> di
                             f"{x.shape}, {y.shape} and {len(keys)} keys.")
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise DriftJaxError("a permutation test needs non-empty samples x and y.")
+    validate.check_memory(4.0 * x.shape[0] * num_permutations * (x.shape[1] + y.shape[1] + 1),
+                          f"{x.shape[0]} permutation tests of {num_permutations} permutations",
+                          "lower permutations")
     observed = x.mean(1) - y.mean(1)
     null = _permutation_nulls(jnp.asarray(np.concatenate([x, y], 1)), x.shape[1], keys,
                               num_permutations)

@@ -150,10 +150,24 @@ def test_bad_output_paths_are_refused_before_any_work(tmp_path):
 # ----------------------------------------------------------------------------- 4. blow-ups
 
 
-def test_memory_is_estimated_before_allocating(tmp_path):
-    _one_line_error(*_cli(["detect", "--quiet", "--set", "inversion.samples_per_class=1000000000",
-                           "--out", str(tmp_path / "run")]), "memory", "samples_per_class")
+@pytest.mark.parametrize("override, fix", [
+    ("inversion.samples_per_class=1000000000", "samples_per_class"),
+    ("controls=100000000", "number of models"),
+    ("permutations=1000000000", "lower permutations"),
+    ("train.batch_size=1000000000", "train.batch_size"),
+    ("inversion.miface.window=1000000000000", "samples_per_class"),
+])
+def test_memory_is_estimated_before_allocating(tmp_path, override, fix):
+    start = time.perf_counter()
+    _one_line_error(*_cli(["detect", "--quiet", "--set", override, "--out",
+                           str(tmp_path / "run")]), "GiB of host memory", fix)
+    assert time.perf_counter() - start < 60 and not (tmp_path / "run").exists()
+
+
+def test_data_and_training_sizes_are_estimated_too(tmp_path):
     _one_line_error(*_cli(["data", "info", "synthetic?n=100000000000"]), "memory", "lower n")
+    _one_line_error(*_cli(["train", "--models", "1000000000", "--out", str(tmp_path / "t")]),
+                    "memory", "fewer models")
 
 
 def _tar(path, members: dict[str, bytes]):
