@@ -299,6 +299,7 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     batch = config.batch_size
     steps = -(-int(sizes.max()) // batch)
     check_training_memory(spec, num_members, batch, steps, execution.member_mode, len(images))
+    faults.point("stack.train_started")
     # Even chunks: at most scan_chunk steps each, and less than one chunk of padded steps.
     num_chunks = -(-steps // execution.scan_chunk)
     layout = _Layout(batch=batch, padded_batch=-(-batch // mesh.shape[DATA]) * mesh.shape[DATA],
