@@ -438,9 +438,14 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             attack = membership.ATTACKS[name]().fit(dataclasses.replace(context, keys=keys))
             scores = attack.score(gray_images, gray_labels)
             shape = (num_seeds, group, c, samples)
+            continuous = {k: v.reshape(shape).mean(3) for k, v in scores.scores.items()}
             for s, result in enumerate(_score_attack(
                     scores.probability.reshape(shape), scores.decision.reshape(shape), config,
                     plans, i)):
+                result["continuous"] = {k: {  # per-class means of each continuous score
+                    "base": v[s, 0].tolist(), "production": v[s, 1].tolist(),
+                    "control_mean": v[s, 2:].mean(0).tolist() if group > 2 else None}
+                    for k, v in continuous.items()}
                 attacks[s][name] = result
 
     with clock("baselines"):

@@ -182,3 +182,43 @@ def test_bad_scoring_input(overfit):
         attack.score(np.full((2, 8, 8, 1), np.nan, np.float32), ds.labels[:2])
     with pytest.raises(DriftJaxError, match="labels must lie in 0..9"):
         attack.score(ds.images[:2], np.array([0, 12]))
+
+
+def test_output_metrics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 4)) * 3
+    labels = np.array([0, 1, 2, 3, 1])
+    got = membership.output_metrics(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for i, y in enumerate(labels):
+        others = [k for k in range(4) if k != y]
+        mentr = -(1 - p[i, y]) * np.log(p[i, y]) - sum(p[i, k] * np.log(1 - p[i, k])
+                                                        for k in others)
+        np.testing.assert_allclose(got["target_probability"][i], p[i, y], rtol=1e-10)
+        np.testing.assert_allclose(got["loss"][i], -np.log(p[i, y]), rtol=1e-10)
+        np.testing.assert_allclose(got["logit_margin"][i],
+                                   logits[i, y] - logits[i, others].max(), rtol=1e-10)
+        np.testing.assert_allclose(got["modified_entropy"][i], mentr, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["loss", "confidence", "modified_entropy"])
+def test_metric_attacks_separate_fresh_members(overfit, name):
+    ds, _, _, members, nonmembers, _ = overfit
+    attack = membership.ATTACKS[name]().fit(_context(overfit))
+    assert _auc(attack, ds, members[500:], nonmembers[500:]) > 0.75
+    x, y = ds.images[members[500:560]], ds.labels[members[500:560]]
+    scores = attack.score(x, y)
+    thresholds = attack.thresholds[0, y]
+    np.testing.assert_array_equal(scores.decision, scores.probability >= thresholds)
+    assert set(scores.scores) == {attack.metric}
+
+
+def test_rule_based_exposes_continuous_scores(overfit):
+    ds, spec, target, *_ = overfit
+    scores = membership.RuleBased().fit(_context(overfit)).score(ds.images[:20], ds.labels[:20])
+    logits = stack.predict(spec, target, ds.images[:20])[0].astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(scores.scores["target_probability"],
+                               p[np.arange(20), ds.labels[:20]], rtol=1e-5)
+    assert set(scores.scores) == {"target_probability", "loss", "logit_margin"}

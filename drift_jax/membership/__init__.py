@@ -13,12 +13,14 @@ from drift_jax.membership.base import (
 )
 from drift_jax.membership.black_box import BlackBox, ShadowModels
 from drift_jax.membership.lira import LiRA, lira_statistic, offline_scores, online_scores
+from drift_jax.membership.metric import Confidence, LossThreshold, ModifiedEntropy, output_metrics
 from drift_jax.membership.metrics import attack_metrics
 from drift_jax.membership.rule_based import RuleBased
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (RuleBased, BlackBox, ShadowModels,
-                                                               LiRA)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (
+    RuleBased, BlackBox, ShadowModels, LiRA, LossThreshold, Confidence, ModifiedEntropy)}
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackTrainConfig", "BlackBox", "LiRA",
-           "MembershipScores", "RuleBased", "ShadowModels", "Shadows", "attack_metrics",
-           "balanced_keep", "lira_statistic", "offline_scores", "online_scores", "train_shadows"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackTrainConfig", "BlackBox", "Confidence",
+           "LiRA", "LossThreshold", "MembershipScores", "ModifiedEntropy", "RuleBased",
+           "ShadowModels", "Shadows", "attack_metrics", "balanced_keep", "lira_statistic",
+           "offline_scores", "online_scores", "output_metrics", "train_shadows"]

@@ -27,10 +27,13 @@ from drift_jax.models import ModelSpec
 @dataclasses.dataclass
 class MembershipScores:
     """Per-image member probability (or score) and decision, [T, n] (or [n]); higher means
-    member."""
+    member. ``scores`` holds the attack's continuous per-image statistics by name, same shape
+    (rule-based: target probability, loss, logit margin; learned attacks: the member
+    probability; LiRA: its offline probability; metric attacks: their metric)."""
 
     probability: np.ndarray
     decision: np.ndarray
+    scores: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
         """``member_fraction`` is what the original work reported as the attack's "accuracy"."""
@@ -199,14 +202,20 @@ class Attack:
         flat, labels, rows = target_batch(ctx.spec, ctx.num_targets, images, labels)
         logits = stack.predict(ctx.spec, ctx.targets, flat, rows)
         p = self._probability(logits, labels, flat, rows)
-        out = MembershipScores(p, self._decision(p))
+        out = MembershipScores(p, self._decision(p, labels), self._continuous(logits, labels, p))
         if np.ndim(images) == 4:  # a single target's images in: its scores out
-            out = MembershipScores(out.probability[0], out.decision[0])
+            out = MembershipScores(out.probability[0], out.decision[0],
+                                   {k: v[0] for k, v in out.scores.items()})
         return out
 
     def _probability(self, logits: np.ndarray, labels: np.ndarray, flat: np.ndarray,
                      rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _decision(self, probability: np.ndarray) -> np.ndarray:
+    def _decision(self, probability: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return probability >= 0.5
+
+    def _continuous(self, logits: np.ndarray, labels: np.ndarray,
+                    probability: np.ndarray) -> dict[str, np.ndarray]:
+        """The attack's continuous per-image statistics (default: its member probability)."""
+        return {"member_probability": probability}

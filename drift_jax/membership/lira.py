@@ -110,5 +110,8 @@ class LiRA(Attack):
         return offline_scores(target, self._shadow_statistics(flat, rows, labels),
                               self.fix_variance)
 
-    def _decision(self, probability: np.ndarray) -> np.ndarray:
+    def _decision(self, probability: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return probability >= 1 - self.offline_fpr
+
+    def _continuous(self, logits, labels, probability) -> dict[str, np.ndarray]:
+        return {"offline_probability": probability}
