@@ -74,6 +74,10 @@ class DetectConfig:
     baselines: tuple[str, ...] = BASELINES
     alpha: float = bounded(0.05, gt=0, lt=1)
     correction: Literal["holm", "bh"] = "holm"
+    # Per-class statistic of a model's gray scores: the original member fraction, or (on the
+    # attack's continuous score) its mean, AUC or KS against the base model's; the latter three
+    # combine classes by the largest standardised deficit.
+    stat: Literal["fraction", "mean", "auc", "ks"] = "fraction"
     # members (and as many non-members) to fit attacks on
     attack_fit_size: int = bounded(2500, ge=10)
     num_shadows: int = bounded(8, ge=2, even=True)
@@ -364,11 +368,18 @@ def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
                   plans: list[_SeedPlan], attack_index: int) -> list[dict]:
     """Statistics of one attack's per-image scores and member decisions [S, models, C, samples]
     (models: base, production, controls...) for every seed; without controls the p-values are
-    None and only the seed rule and the permutation test decide."""
+    None and only the seed rule and the permutation test decide. ``config.stat`` chooses the
+    per-class statistic; with ``fraction`` a model's score is its class average, otherwise the
+    largest standardised per-class deficit (`stats.largest_deficit`)."""
     num_seeds, num_models, c = scores.shape[:3]
     controls = np.arange(2, num_models)
-    per_class = scores.mean(3)  # [S, models, C]
-    overall = per_class.mean(2)
+    if config.stat == "fraction":
+        per_class = scores.mean(3)  # [S, models, C]: the original protocol's member fraction
+        overall = per_class.mean(2)
+    else:
+        per_class = stats_lib.per_class_statistic(scores, flagged, config.stat)
+        overall = (stats_lib.largest_deficit(per_class, np.arange(1, num_models))
+                   if len(controls) else per_class.mean(2))
     keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], attack_index) for p in plans])
     perm = stats_lib.permutation_tests(scores[:, 0].reshape(num_seeds, -1),
                                        scores[:, 1].reshape(num_seeds, -1), keys,
@@ -438,10 +449,11 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             attack = membership.ATTACKS[name]().fit(dataclasses.replace(context, keys=keys))
             scores = attack.score(gray_images, gray_labels)
             shape = (num_seeds, group, c, samples)
+            values = (scores.probability if config.stat == "fraction" else
+                      scores.scores.get(attack.oriented_score, scores.probability))
             continuous = {k: v.reshape(shape).mean(3) for k, v in scores.scores.items()}
             for s, result in enumerate(_score_attack(
-                    scores.probability.reshape(shape), scores.decision.reshape(shape), config,
-                    plans, i)):
+                    values.reshape(shape), scores.decision.reshape(shape), config, plans, i)):
                 result["continuous"] = {k: {  # per-class means of each continuous score
                     "base": v[s, 0].tolist(), "production": v[s, 1].tolist(),
                     "control_mean": v[s, 2:].mean(0).tolist() if group > 2 else None}

@@ -90,3 +90,50 @@ def permutation_test(x, y, key: jax.Array, num_permutations: int = 2000) -> dict
     """One test of `permutation_tests`: x [nx], y [ny] (any shape, flattened), one key."""
     out = permutation_tests(np.ravel(x)[None], np.ravel(y)[None], key[None], num_permutations)
     return {"statistic": float(out["statistic"][0]), "p_value": float(out["p_value"][0])}
+
+
+STATISTICS = ("fraction", "mean", "auc", "ks")
+
+
+def per_class_statistic(values: np.ndarray, decisions: np.ndarray, stat: str) -> np.ndarray:
+    """A statistic of each model's gray-score distribution per class, oriented so that lower
+    means less like the base model's gray data (drift).
+
+    values: continuous member scores [..., models, C, S], higher = more member-like, model 0 the
+    base model; decisions: bool member decisions, same shape. Returns [..., models, C]:
+    ``fraction`` of images called members (the original protocol's score); ``mean`` score;
+    ``auc`` P(score > a base image's score) + P(tie) / 2 in the class (Mann-Whitney); ``ks`` minus
+    the two-sample KS distance to the base model's scores.
+    """
+    if stat == "fraction":
+        return decisions.mean(-1)
+    if stat == "mean":
+        return values.mean(-1)
+    base = np.broadcast_to(values[..., :1, :, :], values.shape)
+    if stat == "auc":
+        above = (values[..., :, None] > base[..., None, :]).mean((-1, -2))
+        ties = (values[..., :, None] == base[..., None, :]).mean((-1, -2))
+        return above + 0.5 * ties
+    if stat == "ks":
+        return -np.asarray(sp_stats.ks_2samp(values, base, axis=-1).statistic)
+    raise DriftJaxError(f"stat must be one of {', '.join(STATISTICS)}, got {stat!r}.")
+
+
+def largest_deficit(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Combines per-class statistics [..., G, C] into one per model [..., G]: each class
+    standardised, then the smallest (the largest standardised deficit), so that a change in one
+    class is not averaged away by the others. A model among ``models`` (the production model and
+    the controls) is standardised by the mean and sd of the *other* ones (leave one out): every
+    one of them is treated alike, so under no drift they stay exchangeable and the production
+    model's rank among the controls is an exact p-value; a drifted model does not dilute its
+    own deficit. Other models (the base) use all of ``models``."""
+    reference = per_class[..., models, :]
+    n = reference.shape[-2]
+    total, squares = reference.sum(-2, keepdims=True), (reference ** 2).sum(-2, keepdims=True)
+    mean = np.broadcast_to(total / n, per_class.shape).copy()
+    var = np.broadcast_to(squares / n - (total / n) ** 2, per_class.shape).copy()
+    others_mean = (total - reference) / (n - 1)
+    mean[..., models, :] = others_mean
+    var[..., models, :] = (squares - reference ** 2) / (n - 1) - others_mean ** 2
+    z = (per_class - mean) / (np.sqrt(np.maximum(var, 0.0)) + 1e-12)
+    return z.min(-1)

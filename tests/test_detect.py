@@ -183,3 +183,17 @@ def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_
         "DRIFT_JAX_CACHE": str(tmp_path / "off_cache"), "DRIFT_JAX_COMPILATION_CACHE": "0"})
     assert sum(c["cache_hits"] for c in off.values()) == 0 and off["train"]["count"] > 0
     assert not (tmp_path / "off_cache" / "xla").exists()
+
+
+@pytest.mark.parametrize("stat", ["auc", "ks", "mean"])
+def test_distribution_statistics_run_end_to_end(stat):
+    from drift_jax.config import with_overrides
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    cfg = with_overrides(DetectConfig(base="synthetic"), [
+        *SMALL[:-1], 'attacks=["rule_based", "confidence"]', f'stat="{stat}"'])
+    report = detect_drift(cfg, base=ds, progress=False)
+    for attack in report.attacks.values():
+        assert 0 < attack["p_value"] <= 1 and len(attack["control_scores"]) == 3
+        assert np.isfinite(attack["production_score"])
+    assert report.config["stat"] == stat

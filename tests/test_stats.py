@@ -72,3 +72,42 @@ def test_batched_permutation_tests_equal_one_test_at_a_time():
                                rtol=1e-6)
     with pytest.raises(DriftJaxError, match="x \\[K, nx\\]"):
         stats.permutation_tests(x, y[:4], keys, 500)
+
+
+@pytest.mark.parametrize("stat", ["mean", "auc", "ks"])
+def test_distribution_statistics_stay_calibrated_and_find_a_one_class_change(stat):
+    """Simulated gray scores: base, production and M = 19 controls, each model with its own
+    per-class offset (models differ even without drift). With no drift the production model is
+    one more control and the largest-deficit rank p-value is exact: its false-positive rate at
+    0.05 is 0.05. A 3-sd shift of one class of ten is found (AUC and KS against the base model's
+    scores saturate once the distributions separate, so they find it less often than the mean:
+    about 0.75 against 1.0 in this simulation)."""
+    rng = np.random.default_rng(0)
+    m, c, s = 19, 10, 16
+
+    def p_value(shift: float) -> float:
+        values = rng.normal(size=(m + 2, c, s)) + rng.normal(0, 0.3, (m + 2, c, 1))
+        values[0] += 0.5  # the base model's own gray data scores higher
+        values[1, 3] -= shift  # production: class 3 changed
+        per_class = stats.per_class_statistic(values, values > 0, stat)
+        overall = stats.largest_deficit(per_class, np.arange(1, m + 2))
+        return float(stats.calibrated_p_value(overall[2:], overall[1]))
+
+    null = np.array([p_value(0.0) for _ in range(400)])
+    assert abs((null <= 0.05).mean() - 0.05) < 0.035
+    assert (np.array([p_value(3.0) for _ in range(100)]) <= 0.05).mean() > 0.6
+
+
+def test_per_class_statistics_match_direct_computations():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(3, 2, 7))
+    auc = stats.per_class_statistic(values, values > 0, "auc")
+    ks = stats.per_class_statistic(values, values > 0, "ks")
+    for g in range(3):
+        for k in range(2):
+            x, b = values[g, k], values[0, k]
+            np.testing.assert_allclose(
+                auc[g, k], sp_stats.mannwhitneyu(x, b).statistic / (len(x) * len(b)))
+            np.testing.assert_allclose(ks[g, k], -sp_stats.ks_2samp(x, b).statistic)
+    np.testing.assert_allclose(stats.per_class_statistic(values, values > 0, "fraction"),
+                               (values > 0).mean(-1))

@@ -182,6 +182,9 @@ class Attack:
 
     name: ClassVar[str]
     needs_shadows: ClassVar[bool] = False
+    # The continuous score that detect's distribution statistics read (higher = member);
+    # None: the member probability itself.
+    oriented_score: ClassVar[str | None] = None
     context: AttackContext | None = None
 
     def fit(self, context: AttackContext) -> Attack:

@@ -11,6 +11,7 @@ from drift_jax.membership.metric import output_metrics
 
 class RuleBased(Attack):
     name = "rule_based"
+    oriented_score = "target_probability"
 
     def _probability(self, logits, labels, flat, rows) -> np.ndarray:
         return (logits.argmax(-1) == labels).astype(np.float32)
