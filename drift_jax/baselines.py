@@ -22,17 +22,21 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.stats import calibrated_p_value
 
 
-def disagreement(predictions: np.ndarray, production: int, controls: np.ndarray) -> dict:
-    """predictions: int [N, n] of a stack whose member 0 is the base model on held-out data.
+def disagreement(predictions: np.ndarray, production: int, controls: np.ndarray):
+    """predictions: int [..., N, n] of stacks whose member 0 is the base model, on held-out data
+    (leading axes, e.g. seeds, at once).
 
     Low agreement with the base model is evidence of drift: p = calibrated p-value of the
-    production model's agreement among the controls' agreements.
+    production model's agreement among the controls' agreements. Returns a dict, or a list of
+    them for leading axes.
     """
-    agree = (predictions[1:] == predictions[0]).mean(1)
-    agree = np.concatenate([[1.0], agree])
-    return {"agreement": float(agree[production]),
-            "control_agreement": agree[controls].tolist(),
-            "p_value": float(calibrated_p_value(agree[controls], agree[production]))}
+    predictions = np.asarray(predictions)
+    agree = (predictions == predictions[..., :1, :]).mean(-1)  # [..., N]; the base's own is 1
+    flat = agree.reshape(-1, agree.shape[-1])
+    p = calibrated_p_value(flat[:, controls].T, flat[:, production])
+    result = [{"agreement": float(a[production]), "control_agreement": a[controls].tolist(),
+               "p_value": float(q)} for a, q in zip(flat, p)]
+    return result if predictions.ndim > 2 else result[0]
 
 
 def bbsd(base_softmax: np.ndarray, production_softmax: np.ndarray):

@@ -128,7 +128,6 @@ def _invert(args) -> int:
         cfg = config_lib.with_overrides(cfg, [f"{key}={args.iterations}"])
     spec, variables, meta = stack.load_stack(args.checkpoint)
     classes = _parse_classes(args.classes, spec.num_classes)
-    inversion.check_memory(spec, stack.stack_size(variables), len(classes), cfg)
     gray = inversion.invert(spec, variables, classes, cfg, jax.random.key(args.seed),
                             progress=not args.quiet)
     names = [str(c) for c in classes]

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from drift_jax.errors import DriftJaxError
 from drift_jax.execution import ExecutionConfig
-from drift_jax.validate import ConfigValueError, bounded, check_fields
+from drift_jax.validate import ConfigValueError, bounded, check_fields, read_json
 
 T = TypeVar("T")
 
@@ -151,16 +151,7 @@ def _field_type(tp, name: str):
 
 def read_json_object(path: str | Path) -> dict:
     """A config file's JSON object; a missing file or bad JSON is a user error."""
-    path = Path(path)
-    if not path.exists():
-        raise DriftJaxError(f"config file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DriftJaxError(f"config file {path} is not valid JSON ({e}).") from e
-    if not isinstance(data, dict):
-        raise DriftJaxError(f"config file {path}: expected a JSON object {{...}}.")
-    return data
+    return read_json(path, None, "config file", "give an existing file holding a JSON object.")
 
 
 def load_json(cls: type[T], path: str | Path) -> T:

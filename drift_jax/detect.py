@@ -373,18 +373,19 @@ def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
     largest standardised per-class deficit (`stats.largest_deficit`)."""
     num_seeds, num_models, c = scores.shape[:3]
     controls = np.arange(2, num_models)
+    calibrated = len(controls) > 0
     if config.stat == "fraction":
         per_class = scores.mean(3)  # [S, models, C]: the original protocol's member fraction
         overall = per_class.mean(2)
     else:
         per_class = stats_lib.per_class_statistic(scores, flagged, config.stat)
         overall = (stats_lib.largest_deficit(per_class, np.arange(1, num_models))
-                   if len(controls) else per_class.mean(2))
+                   if calibrated else per_class.mean(2))
     keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], attack_index) for p in plans])
     perm = stats_lib.permutation_tests(scores[:, 0].reshape(num_seeds, -1),
                                        scores[:, 1].reshape(num_seeds, -1), keys,
                                        config.permutations)
-    if len(controls):
+    if calibrated:
         # Localisation: a rank among M controls cannot survive a correction over C classes
         # unless M >= C / alpha, so each class compares the production model's per-image scores
         # with the pooled per-image scores of the controls by permutation, then corrects.
@@ -399,7 +400,6 @@ def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
     out = []
     for s in range(num_seeds):
         base_frac, prod_frac = flagged[s, 0].mean(), flagged[s, 1].mean()
-        calibrated = len(controls) > 0
         out.append({
             "base_score": float(overall[s, 0]), "production_score": float(overall[s, 1]),
             "control_scores": overall[s, controls].tolist(),
@@ -439,7 +439,7 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
     # Steps 5-6: membership inference against the base model of every seed.
     targets = stack.member(trained, base_members)
     context = _attack_context(spec, plans, data, images, targets, progress, clock)
-    m, c, samples = gray.images.shape[:3]
+    c, samples = gray.images.shape[1:3]
     gray_images = gray.images.reshape(num_seeds, group * c * samples, *gray.images.shape[3:])
     gray_labels = gray.labels.reshape(num_seeds, -1)
     attacks = [{} for _ in plans]
@@ -495,8 +495,8 @@ def _baselines(config: DetectConfig, plans: list[_SeedPlan], data: _StackedData,
     group = plans[0].group_size
     if "disagreement" in config.baselines and config.controls:
         preds = logits.argmax(-1).reshape(num_seeds, group, -1)
-        for s in range(num_seeds):
-            found[s]["disagreement"] = baselines.disagreement(preds[s], 1, np.arange(2, group))
+        for s, result in enumerate(baselines.disagreement(preds, 1, np.arange(2, group))):
+            found[s]["disagreement"] = result
     if data.production.shape[1]:
         if "bbsd" in config.baselines:
             base_soft = special.softmax(logits.reshape(num_seeds, group, *logits.shape[1:])[:, 0],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -97,15 +98,19 @@ def atomic_folder(path: str | os.PathLike):
 _RENAME_EXCHANGE = 2
 
 
+@functools.cache
+def _renameat2():
+    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), "renameat2", None)
+
+
 def _swap_in(new: Path, path: Path) -> None:
     """Moves the folder ``new`` to ``path``; an existing ``path`` is exchanged atomically
     (Linux renameat2) or, where that is missing, renamed aside first, and then removed."""
     if not path.exists():
         os.rename(new, path)
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    exchange = getattr(libc, "renameat2", None)
-    at_cwd = -100
+    exchange, at_cwd = _renameat2(), -100
     if exchange is not None and exchange(at_cwd, os.fsencode(new), at_cwd, os.fsencode(path),
                                          _RENAME_EXCHANGE) == 0:
         shutil.rmtree(new, ignore_errors=True)  # now holds the old result

@@ -45,7 +45,7 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.execution import ExecutionConfig, map_members, resolve_execution
 from drift_jax.files import atomic_write_bytes
 from drift_jax.models import BN_MOMENTUM, ModelSpec
-from drift_jax.stack import per_member_keys, predict, stack_size
+from drift_jax.stack import per_member_keys, predict, stack_size, step_bytes_per_image
 from drift_jax.validate import bounded, check_fields
 
 
@@ -333,11 +333,9 @@ def check_memory(spec: ModelSpec, num_models: int, num_classes: int,
     images = num_models * num_classes * config.samples_per_class
     per_image_state = pixels * (3 if config.method == "miface" else 6) + (
         config.miface.window if config.method == "miface" else 0)
-    h, w = spec.image_shape[:2]
-    per_image_step = 3 * (h * w * 32 + (h // 2) * (w // 2) * 64 + pixels)  # SeedCNN-sized
     execution = resolve_execution(config.execution)
     stepping = images if execution.member_mode == "vmap" else images // max(num_models, 1)
-    nbytes = 4 * (images * per_image_state + stepping * per_image_step)
+    nbytes = 4 * images * per_image_state + stepping * step_bytes_per_image(spec)
     validate.check_memory(nbytes, f"inverting {num_models} models x {num_classes} classes x "
                           f"{config.samples_per_class} samples",
                           "lower inversion.samples_per_class or the number of models")
@@ -364,8 +362,6 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
     if classes.min() < 0 or classes.max() >= spec.num_classes:
         raise DriftJaxError(f"invert: classes must lie in 0..{spec.num_classes - 1}, got "
                             f"{classes.min()}..{classes.max()}.")
-    if config.samples_per_class < 1 or config.iterations < 1:
-        raise DriftJaxError("invert: samples_per_class and the iteration count must be >= 1.")
     check_memory(spec, stack_size(variables), classes.size, config)
     execution = resolve_execution(config.execution)
     spec = dataclasses.replace(spec, conv_form=execution.conv_form, pool_form=execution.pool_form)

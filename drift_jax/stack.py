@@ -57,16 +57,22 @@ def model_bytes(spec: ModelSpec) -> int:
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
+def step_bytes_per_image(spec: ModelSpec) -> int:
+    """About the float32 activations and gradients one image needs in a SeedCNN-sized step
+    (32 and 64 channels at full and half resolution, the input), forward and backward."""
+    h, w = spec.image_shape[:2]
+    return 4 * 3 * (h * w * 32 + (h // 2) * (w // 2) * 64 + int(np.prod(spec.image_shape)))
+
+
 def check_training_memory(spec: ModelSpec, num_members: int, batch: int, steps: int,
                           member_mode: str, num_images: int) -> None:
     """Refuses, before allocating, a training run that would not fit: the stack with its Adam
     state and gradients, one epoch's schedule, the images, and one step's activations (every
     member at once under vmap)."""
-    h, w = spec.image_shape[:2]
-    per_image = 4 * 3 * (h * w * 32 + (h // 2) * (w // 2) * 64 + int(np.prod(spec.image_shape)))
     stepping = num_members if member_mode == "vmap" else 1
     nbytes = (4 * model_bytes(spec) * num_members + 17 * steps * batch * num_members
-              + num_images * int(np.prod(spec.image_shape)) + stepping * batch * per_image)
+              + num_images * int(np.prod(spec.image_shape))
+              + stepping * batch * step_bytes_per_image(spec))
     validate.check_memory(nbytes, f"training {num_members} models with batch {batch}",
                           "lower train.batch_size or the number of models")
 

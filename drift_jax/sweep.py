@@ -14,6 +14,7 @@ seeds; each task writes only its own run folders and `drift-jax report` merges t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -136,9 +137,9 @@ def is_finished(run_dir: Path) -> bool:
 def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
     """Everything a sweep can refuse, refused before it writes anything: repeated points, and
     an --out that is a file or a folder of something else."""
-    ids = [run_id(c) for c in configs]
-    if len(set(ids)) != len(ids):
-        repeated = next(c for c, i in zip(configs, ids) if ids.count(i) > 1)
+    counts = collections.Counter(run_id(c) for c in configs)
+    if max(counts.values(), default=1) > 1:
+        repeated = next(c for c in configs if counts[run_id(c)] > 1)
         raise DriftJaxError(f"the sweep grid gives the same point more than once (e.g. seed "
                             f"{repeated.seed}); list each value once.")
     if out.exists() and not out.is_dir():

@@ -59,11 +59,12 @@ def check_fields(config) -> None:
 # ----------------------------------------------------------------------------- files we read
 
 
-def read_json(path: str | os.PathLike, schema: dict, what: str, fix: str,
+def read_json(path: str | os.PathLike, schema: dict | None, what: str, fix: str,
               optional: tuple[str, ...] = ()) -> dict:
-    """A JSON object file of ours, checked against ``schema`` {key: type or tuple of types}:
-    valid JSON, an object, exactly those keys (``optional`` ones may be missing), each of its
-    type. Any problem is one error naming the file, the problem and ``fix``."""
+    """A JSON object file, checked: it exists, is valid JSON and an object, and (with a
+    ``schema`` {key: type or tuple of types}) has exactly those keys (``optional`` ones may be
+    missing), each of its type. Any problem is one error naming the file, the problem and
+    ``fix``."""
     import json
 
     path = Path(path)
@@ -78,13 +79,15 @@ def read_json(path: str | os.PathLike, schema: dict, what: str, fix: str,
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         fail(f"is unreadable or not valid JSON ({e})")
     if not isinstance(data, dict):
-        fail(f"holds a JSON {type(data).__name__}, not an object")
+        fail(f"holds a JSON {type(data).__name__}, not an object {{...}}")
+    if schema is None:
+        return data
     missing = [k for k in schema if k not in data and k not in optional]
     extra = [k for k in data if k not in schema]
-    if missing or extra:
-        fail(f"has {'missing keys ' + ', '.join(missing) if missing else ''}"
-             f"{' and ' if missing and extra else ''}"
-             f"{'unknown keys ' + ', '.join(extra) if extra else ''}")
+    problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
+        [f"unknown keys {', '.join(extra)}"] if extra else [])
+    if problems:
+        fail("has " + " and ".join(problems))
     for key, kind in schema.items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or (

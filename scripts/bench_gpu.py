@@ -17,6 +17,7 @@ train_stack, torch_train, invert, art_miface. On 2 CPU cores the first three tak
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -166,14 +167,21 @@ N = 640 if QUICK else 12_800
 EPOCHS = 1 if QUICK else 3
 
 
+@functools.cache
+def _training_data():
+    from drift_jax import data
+
+    return data.synthetic(n=N, classes=10, size=32, channels=3, seed=0)
+
+
 def _train_rate(members: int, execution) -> tuple[float, float, dict]:
     import jax
 
-    from drift_jax import data, stack
+    from drift_jax import stack
     from drift_jax.config import TrainConfig
     from drift_jax.models import ModelSpec
 
-    ds = data.synthetic(n=N, classes=10, size=32, channels=3, seed=0)
+    ds = _training_data()
     spec = ModelSpec("seedcnn", 10, ds.image_shape)
 
     def run(epochs, seed):

@@ -170,12 +170,13 @@ def train_attack_models(features: np.ndarray, labels: np.ndarray, is_member: np.
     masks = np.broadcast_to(np.asarray(masks, bool), (num_models, n))
     if len(keys) != num_models:
         raise DriftJaxError(f"{len(keys)} keys for {num_models} attack models.")
-    for a in range(num_models):
-        m = is_member[a][masks[a]]
-        if m.size < 10 or m.all() or not m.any():
-            raise DriftJaxError("the attack needs members and non-members to learn from (at "
-                                f"least 10 examples with both kinds); attack model {a} has "
-                                f"{int(m.sum())} members and {int((~m).sum())} non-members.")
+    members, others = (is_member & masks).sum(1), (~is_member & masks).sum(1)
+    short = np.flatnonzero((members + others < 10) | (members == 0) | (others == 0))
+    if short.size:
+        a = short[0]
+        raise DriftJaxError("the attack needs members and non-members to learn from (at least "
+                            f"10 examples with both kinds); attack model {a} has {members[a]} "
+                            f"members and {others[a]} non-members.")
     num_classes = max(num_classes or int(labels.max()) + 1, 2)
     n_val = max(1, int(round(n * config.validation_fraction)))
     key_data = np.asarray(jax.random.key_data(keys)).reshape(num_models, -1)

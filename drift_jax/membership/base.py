@@ -108,7 +108,7 @@ def train_shadows(spec: ModelSpec, images: np.ndarray, labels: np.ndarray, pool:
       keys: [T] PRNG keys (or one key for T = 1): target t's keep matrix and shadows.
     """
     pool = np.atleast_2d(np.asarray(pool, np.int64))
-    keys = stack.per_member_keys(keys, pool.shape[0]) if keys.ndim == 0 else keys
+    keys = stack.per_member_keys(keys, pool.shape[0])
     if np.asarray(images).dtype != np.uint8:
         raise DriftJaxError("the shadow pool must be uint8 images (a Dataset's images).")
     if pool.shape[1] < 2 * spec.num_classes:
@@ -146,8 +146,7 @@ class AttackContext:
                 raise DriftJaxError(f"AttackContext.{name}: {rows.shape[0]} rows for {t} "
                                     "target models; give one index row per target.")
             object.__setattr__(self, name, rows)
-        if self.keys.ndim == 0:
-            object.__setattr__(self, "keys", stack.per_member_keys(self.keys, t))
+        object.__setattr__(self, "keys", stack.per_member_keys(self.keys, t))
 
     @property
     def num_targets(self) -> int:

@@ -56,36 +56,35 @@ class MetricAttack(Attack):
     per_class: ClassVar[bool]
     thresholds: np.ndarray | None = None  # [T, C] (the same value across C when global)
 
-    def _score_of(self, logits, labels) -> np.ndarray:
-        """Higher = member, in [0, 1]."""
+    def _probability(self, logits, labels, flat=None, rows=None) -> np.ndarray:
+        """The metric as a score: higher = member, in [0, 1]."""
         value = output_metrics(logits, labels)[self.metric]
         return value if self.metric == "target_probability" else np.exp(-value)
 
     def _fit(self, context: AttackContext) -> None:
         rows = np.concatenate([context.members, context.nonmembers], 1)
         labels = context.labels[rows]
-        score = self._score_of(context.predict(context.targets, rows), labels)
+        score = self._probability(context.predict(context.targets, rows), labels)  # [T, n]
         n_in = context.members.shape[1]
-        c = context.spec.num_classes
-        self.thresholds = np.empty((len(rows), c))
-        for t in range(len(rows)):
-            s, y = score[t], labels[t]
-            if not self.per_class:  # Yeom et al.: the members' mean loss
-                self.thresholds[t] = np.exp(-np.mean(-np.log(np.maximum(s[:n_in], 1e-300))))
-                continue
-            for k in range(c):
-                member, other = s[:n_in][y[:n_in] == k], s[n_in:][y[n_in:] == k]
-                self.thresholds[t, k] = (best_threshold(member, other) if len(member) and
-                                         len(other) else 0.5)
-
-    def _probability(self, logits, labels, flat, rows) -> np.ndarray:
-        return self._score_of(logits, labels)
+        if not self.per_class:  # Yeom et al.: loss below the members' mean loss
+            self.thresholds = np.broadcast_to(
+                np.exp(np.log(score[:, :n_in]).mean(1, keepdims=True)),
+                (len(rows), context.spec.num_classes))
+            return
+        # Song & Mittal: per target and class; a class with no examples of a kind keeps 0.5.
+        self.thresholds = np.array([[
+            best_threshold(s[:n_in][y[:n_in] == k], s[n_in:][y[n_in:] == k])
+            if (y[:n_in] == k).any() and (y[n_in:] == k).any() else 0.5
+            for k in range(context.spec.num_classes)] for s, y in zip(score, labels)])
 
     def _decision(self, probability, labels) -> np.ndarray:
         return probability >= np.take_along_axis(self.thresholds, labels, 1)
 
     def _continuous(self, logits, labels, probability) -> dict[str, np.ndarray]:
-        return {self.metric: output_metrics(logits, labels)[self.metric]}
+        # The metric itself, recovered from its score (no second pass over the outputs).
+        if self.metric == "target_probability":
+            return {self.metric: probability}
+        return {self.metric: -np.log(probability)}
 
 
 @dataclasses.dataclass
