@@ -168,6 +168,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any DetectConfig key, e.g. controls=49")
     p.add_argument("--out", default="runs/detect", help="run folder (default: runs/detect)")
+    p.add_argument("--mitigate", action="store_true",
+                   help="then train and test candidate updates of the base model for the "
+                        "flagged classes (`drift-jax mitigate`), into OUT/mitigation/")
     _add_overwrite(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_detect)
@@ -194,7 +197,52 @@ def _detect(args) -> int:
     report = detect_drift(cfg, progress=not args.quiet)
     write_report(report, args.out)
     print("\n".join(summary_lines(report)))
-    print(f"results in {args.out}/ (report.json, summary.md, figures/, gray.npz)")
+    print(f"results in {args.out}/ (report.json, summary.md, figures/, gray.npz, models/)")
+    if args.mitigate:
+        if not report.drifted_classes:
+            print("no drifted class flagged, so nothing to mitigate; to mitigate chosen classes "
+                  f"run: drift-jax mitigate --run {args.out} --classes NAME,NAME --out DIR")
+            return 0
+        return _run_mitigation(args.out, Path(args.out) / "mitigation", [], [], args.quiet)
+    return 0
+
+
+def _add_mitigate(sub) -> None:
+    p = sub.add_parser("mitigate", help="train candidate updates of a detect run's base model "
+                                        "as one stack; measure recovery, forgetting, re-test")
+    p.add_argument("--run", required=True, help="a finished `drift-jax detect` run folder")
+    p.add_argument("--strategies", help="comma-separated, from fine_tune, retrain, targeted, "
+                                        "wise_ft, distill (default: all the run allows)")
+    p.add_argument("--classes", help="comma-separated class names to mitigate (default: the "
+                                     "classes the run flagged)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a MitigateConfig key, e.g. max_forgetting=2")
+    p.add_argument("--out", required=True, help="mitigation folder")
+    _add_overwrite(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_mitigate)
+
+
+def _mitigate(args) -> int:
+    from drift_jax import validate
+
+    validate.output_folder(args.out, args.overwrite)
+    lists = {"strategies": args.strategies, "classes": args.classes}
+    flags = [f"{k}={json.dumps(v.split(','))}" for k, v in lists.items() if v]
+    return _run_mitigation(args.run, args.out, flags, args.set, args.quiet)
+
+
+def _run_mitigation(run: str | Path, out: str | Path, flags: list[str], overrides: list[str],
+                    quiet: bool) -> int:
+    from drift_jax import config as config_lib
+    from drift_jax import mitigate as mitigate_lib
+
+    cfg = config_lib.with_overrides(mitigate_lib.MitigateConfig(), flags + overrides)
+    print(f"drift-jax mitigate: run {run}", flush=True)
+    report = mitigate_lib.mitigate(run, cfg, progress=not quiet)
+    mitigate_lib.write_mitigation(report, out)
+    print("\n".join(mitigate_lib.summary_lines(report)))
+    print(f"results in {out}/ (report.json, summary.md, figures/, model/)")
     return 0
 
 
@@ -268,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_invert(sub)
     _add_detect(sub)
+    _add_mitigate(sub)
     _add_sweep(sub)
     _add_report(sub)
     return parser

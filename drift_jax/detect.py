@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 from typing import Literal
 
@@ -42,15 +43,20 @@ from drift_jax.report import DriftReport
 from drift_jax.validate import bounded, check_fields
 
 ATTACKS = tuple(membership.ATTACKS)
+# stat="omnibus": one statistic for a change spread over classes, one for a change that lives in
+# one or two classes (issue 13's power curves, docs/RESULTS.md)
+OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
 class DetectConfig:
-    """`drift-jax detect`. Defaults run on the embedded digits in well under 2 minutes on 2 CPU
-    cores; for a study use more controls (``controls=19`` or more: the smallest attainable
-    p-value is 1 / (M + 1)), more samples per class and the regularised inversion."""
+    """`drift-jax detect`. Defaults run on the embedded digits in under a minute on 2 CPU
+    cores. They were chosen from issue 13's power curves (docs/RESULTS.md): 49 controls (the
+    smallest attainable p-value is 1 / (M + 1)) and the rule-based attack's target probability,
+    combined by `OMNIBUS`. ``stat="fraction"``, ``controls=19`` is the original protocol's
+    member fraction; for larger data use more samples per class and the regularised inversion."""
 
     base: str = "digits"
     production: str | None = None  # a spec; None: split production data off the base data
@@ -64,8 +70,9 @@ class DetectConfig:
     base_fraction: float = bounded(0.25, gt=0, lt=1)
     production_fraction: float = bounded(0.2, gt=0, lt=1)
     reference_fraction: float = bounded(0.4, gt=0, lt=1)  # controls' pool; the rest held out
-    # p >= 1 / (M + 1): 19 is the least that reaches 0.05; 0: the seed rule only
-    controls: int = bounded(19, ge=0)
+    # p >= 1 / (M + 1): 19 is the least that reaches 0.05, 49 leaves room below it (issue 13's
+    # power curves, docs/RESULTS.md); 0: the seed rule only
+    controls: int = bounded(49, ge=0)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
         samples_per_class=8, miface=MIFaceConfig(max_iter=300, init="uniform")))
@@ -75,13 +82,25 @@ class DetectConfig:
     alpha: float = bounded(0.05, gt=0, lt=1)
     correction: Literal["holm", "bh"] = "holm"
     # Per-class statistic of a model's gray scores: the original member fraction, or (on the
-    # attack's continuous score) its mean, AUC or KS against the base model's; the latter three
-    # combine classes by the largest standardised deficit.
-    stat: Literal["fraction", "mean", "auc", "ks"] = "fraction"
+    # attack's continuous score) its mean, AUC or KS against the base model's; and how classes
+    # combine into one score (`stats.combine_classes`). "auto": the class mean for `fraction`
+    # (the original protocol), the largest standardised deficit otherwise. "omnibus": the smaller
+    # of the production model's ranks by `OMNIBUS`' statistics (`stats.min_rank`).
+    stat: Literal["fraction", "mean", "auc", "ks", "omnibus"] = "omnibus"
+    combine: Literal["auto", "class_mean", "largest_deficit", "two_largest_deficits"] = "auto"
     # members (and as many non-members) to fit attacks on
     attack_fit_size: int = bounded(2500, ge=10)
     num_shadows: int = bounded(8, ge=2, even=True)
     permutations: int = bounded(1000, ge=1)
+
+    @property
+    def combination(self) -> str:
+        """`combine` with "auto" resolved."""
+        if self.stat == "omnibus":
+            return "min_rank"
+        if self.combine != "auto":
+            return self.combine
+        return "class_mean" if self.stat == "fraction" else "largest_deficit"
 
     def __post_init__(self):
         check_fields(self)
@@ -321,7 +340,8 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
     return [DriftReport(**fields, timings=timings, config=to_dict(plan.config),
                         class_names=list(pool.class_names), scenario=plan.scenario,
                         environment=runtime.environment(),
-                        gray=gray.select(np.arange(g * group, (g + 1) * group)))
+                        gray=gray.select(np.arange(g * group, (g + 1) * group)),
+                        models=(spec, stack.member(trained, [g * group, g * group + 1])))
             for g, (plan, fields) in enumerate(zip(plans, outcome))]
 
 
@@ -364,24 +384,40 @@ def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData,
                                     np.stack(nonmembers), keys, shadows)
 
 
-def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
-                  plans: list[_SeedPlan], attack_index: int) -> list[dict]:
-    """Statistics of one attack's per-image scores and member decisions [S, models, C, samples]
-    (models: base, production, controls...) for every seed; without controls the p-values are
-    None and only the seed rule and the permutation test decide. ``config.stat`` chooses the
-    per-class statistic; with ``fraction`` a model's score is its class average, otherwise the
-    largest standardised per-class deficit (`stats.largest_deficit`)."""
-    num_seeds, num_models, c = scores.shape[:3]
+def _overall_scores(values: np.ndarray, probability: np.ndarray, stat: str, combine: str,
+                    calibrated: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class statistics [S, models, C] and one score per model [S, models] from per-image
+    continuous scores and member probabilities [S, models, C, samples] (model 0 the base model,
+    1 the production model, then the controls). Without controls there is nothing to
+    standardise against, so classes are averaged. ``omnibus`` combines the `OMNIBUS` scores by
+    their ranks (`stats.min_rank`); its per-class statistics are the first one's."""
+    if stat == "omnibus":
+        parts = [_overall_scores(values, probability, s, c, calibrated) for s, c in OMNIBUS]
+        if not calibrated:
+            return parts[0]
+        models = np.arange(1, values.shape[1])
+        return parts[0][0], stats_lib.min_rank(np.stack([o for _, o in parts]), models)
+    per_class = stats_lib.per_class_statistic(values, probability, stat)
+    combine = combine if calibrated else "class_mean"
+    return per_class, stats_lib.combine_classes(per_class, np.arange(1, values.shape[1]), combine)
+
+
+def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
+                  config: DetectConfig, test_keys: jax.Array, attack_index: int) -> list[dict]:
+    """Statistics of one attack's continuous per-image scores, member probabilities and member
+    decisions [S, models, C, samples] (models: base, production, controls...) for every seed
+    (``test_keys`` [S]); without controls the p-values are None and only the seed rule and the
+    permutation test decide. ``config.stat`` and ``config.combination`` choose the decision's
+    statistic; ``statistics`` holds the calibrated p-value of every statistic x combination,
+    computed from the same scores (so one run gives every row of a power curve)."""
+    num_seeds, num_models, c = values.shape[:3]
     controls = np.arange(2, num_models)
     calibrated = len(controls) > 0
-    if config.stat == "fraction":
-        per_class = scores.mean(3)  # [S, models, C]: the original protocol's member fraction
-        overall = per_class.mean(2)
-    else:
-        per_class = stats_lib.per_class_statistic(scores, flagged, config.stat)
-        overall = (stats_lib.largest_deficit(per_class, np.arange(1, num_models))
-                   if calibrated else per_class.mean(2))
-    keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], attack_index) for p in plans])
+    per_class, overall = _overall_scores(values, probability, config.stat, config.combination,
+                                         calibrated)
+    # the per-image scores the permutation tests compare
+    scores = probability if config.stat == "fraction" else values
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, attack_index))(test_keys)
     perm = stats_lib.permutation_tests(scores[:, 0].reshape(num_seeds, -1),
                                        scores[:, 1].reshape(num_seeds, -1), keys,
                                        config.permutations)
@@ -397,13 +433,21 @@ def _score_attack(scores: np.ndarray, flagged: np.ndarray, config: DetectConfig,
         p_value = stats_lib.calibrated_p_value(overall[:, controls].T, overall[:, 1])
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
+        every = {}
+        for stat, combine in [*itertools.product(stats_lib.STATISTICS, stats_lib.COMBINATIONS),
+                              ("omnibus", "min_rank")]:
+            overall_k = _overall_scores(values, probability, stat, combine, True)[1]
+            every[f"{stat}/{combine}"] = stats_lib.calibrated_p_value(
+                overall_k[:, controls].T, overall_k[:, 1])
     out = []
     for s in range(num_seeds):
-        base_frac, prod_frac = flagged[s, 0].mean(), flagged[s, 1].mean()
+        base_frac, prod_frac = decisions[s, 0].mean(), decisions[s, 1].mean()
         out.append({
             "base_score": float(overall[s, 0]), "production_score": float(overall[s, 1]),
             "control_scores": overall[s, controls].tolist(),
             "p_value": float(p_value[s]) if calibrated else None,
+            "statistic": f"{config.stat}/{config.combination}",
+            "statistics": ({k: float(v[s]) for k, v in every.items()} if calibrated else None),
             "base_member_fraction": float(base_frac),
             "production_member_fraction": float(prod_frac),
             "per_class": {
@@ -449,11 +493,12 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             attack = membership.ATTACKS[name]().fit(dataclasses.replace(context, keys=keys))
             scores = attack.score(gray_images, gray_labels)
             shape = (num_seeds, group, c, samples)
-            values = (scores.probability if config.stat == "fraction" else
-                      scores.scores.get(attack.oriented_score, scores.probability))
+            values = scores.scores.get(attack.oriented_score, scores.probability)
             continuous = {k: v.reshape(shape).mean(3) for k, v in scores.scores.items()}
+            test_keys = jax.numpy.stack([p.keys["test"] for p in plans])
             for s, result in enumerate(_score_attack(
-                    values.reshape(shape), scores.decision.reshape(shape), config, plans, i)):
+                    values.reshape(shape), scores.probability.reshape(shape),
+                    scores.decision.reshape(shape), config, test_keys, i)):
                 result["continuous"] = {k: {  # per-class means of each continuous score
                     "base": v[s, 0].tolist(), "production": v[s, 1].tolist(),
                     "control_mean": v[s, 2:].mean(0).tolist() if group > 2 else None}

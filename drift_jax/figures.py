@@ -88,22 +88,35 @@ def gray_grid(path: str | Path, images: np.ndarray, class_names: list[str],
     return _save(path, fig)
 
 
+def grouped_bars(path: str | Path, groups: list[str], series: dict[str, np.ndarray],
+                 ylabel: str, title: str = "", ylim: tuple | None = None,
+                 line: float | None = None) -> Path:
+    """One group of bars per entry of ``groups`` (e.g. classes), one bar per series; ``line``
+    draws a horizontal reference (e.g. alpha)."""
+    plt = _pyplot()
+    x, width = np.arange(len(groups)), 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(min(12, max(4, len(groups) * 0.12 * (len(series) + 2))),
+                                    3.0))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+    if line is not None:
+        ax.axhline(line, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(x, groups, fontsize=7, rotation=45)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set_title(title, fontsize=9)
+    return _save(path, fig)
+
+
 def score_bars(path: str | Path, class_names: list[str], per_class: dict,
                title: str = "") -> Path:
     """Per-class membership score of base, production and the control mean."""
-    plt = _pyplot()
-    x = np.arange(len(class_names))
-    fig, ax = plt.subplots(figsize=(max(4, len(class_names) * 0.6), 2.8))
-    for i, (key, label) in enumerate([("base", "base"), ("production", "production"),
-                                      ("control_mean", "controls (mean)")]):
-        if per_class.get(key) is not None:  # no controls: no control bars
-            ax.bar(x + (i - 1) * 0.27, per_class[key], 0.27, label=label)
-    ax.set_xticks(x, class_names, fontsize=7, rotation=45)
-    ax.set_ylabel("member score")
-    ax.set_ylim(0, 1.25)
-    ax.legend(fontsize=7, loc="upper center", ncol=3)
-    ax.set_title(title, fontsize=9)
-    return _save(path, fig)
+    series = {label: per_class[key] for key, label in [
+        ("base", "base"), ("production", "production"), ("control_mean", "controls (mean)")]
+        if per_class.get(key) is not None}  # no controls: no control bars
+    return grouped_bars(path, class_names, series, "member score", title)
 
 
 def null_distribution(path: str | Path, control_scores: list[float], production: float,

@@ -49,10 +49,12 @@ class DriftReport:
     scenario: dict
     environment: dict
     gray: GrayData | None = None
+    # (ModelSpec, variables [2]): the base and production models, which `mitigate` starts from
+    models: tuple | None = None
 
     def to_json(self) -> dict:
-        out = dataclasses.asdict(dataclasses.replace(self, gray=None))
-        out.pop("gray")
+        out = dataclasses.asdict(dataclasses.replace(self, gray=None, models=None))
+        out.pop("gray"), out.pop("models")
         return out
 
 
@@ -69,7 +71,8 @@ def summary_lines(report: DriftReport) -> list[str]:
     for name, a in report.attacks.items():
         calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
                       f"{a['p_value']:.3f}" if a["control_scores"] else "")
-        lines.append(f"  {name}: base {a['base_score']:.3f} (members "
+        statistic = f" [{a['statistic']}]" if a.get("statistic") else ""
+        lines.append(f"  {name}{statistic}: base {a['base_score']:.3f} (members "
                      f"{a['base_member_fraction']:.2f}), production {a['production_score']:.3f}"
                      f" (members {a['production_member_fraction']:.2f}){calibrated}; "
                      "permutation p = "
@@ -80,8 +83,12 @@ def summary_lines(report: DriftReport) -> list[str]:
     return lines
 
 
+MODEL_MEMBERS = ("base", "production")  # the members of a run folder's models/ checkpoint
+
+
 def write_report(report: DriftReport, out: str | Path) -> Path:
-    """The run folder: report.json, config.json, summary.md, gray.npz and figures/, written into
+    """The run folder: report.json, config.json, summary.md, gray.npz, models/ (the base and
+    production models, an orbax stack of two) and figures/, written into
     a temporary sibling that then replaces ``out`` whole (`files.atomic_folder`): a folder with
     report.json is a finished run, and a failure leaves ``out`` as it was."""
     out = Path(out)
@@ -94,6 +101,10 @@ def _write_run(report: DriftReport, out: Path) -> None:
     from drift_jax import figures
 
     atomic_write_json(out / "config.json", report.config)
+    if report.models is not None:
+        from drift_jax import stack
+
+        stack.save_stack(out / "models", *report.models, {"members": list(MODEL_MEMBERS)})
     if report.gray is not None:
         report.gray.save(out / "gray.npz")
         figures.gray_grid(out / "figures" / "gray_base_vs_production.png",

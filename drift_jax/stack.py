@@ -43,10 +43,16 @@ def _init_program(spec: ModelSpec):
     return jax.jit(jax.vmap(spec.init))
 
 
+def check_stack_memory(spec: ModelSpec, num_members: int) -> None:
+    """Refuses a stack whose variables would not fit, before anything of that size (keys
+    included) is made."""
+    validate.check_memory(model_bytes(spec) * num_members, f"a stack of {num_members} models",
+                          "use fewer models (controls, shadows, seeds)")
+
+
 def init_stack(spec: ModelSpec, keys: jax.Array) -> dict:
     """Variables of ``len(keys)`` independently initialised models, leaves [N, ...]."""
-    validate.check_memory(model_bytes(spec) * len(keys), f"a stack of {len(keys)} models",
-                          "use fewer models (controls, shadows, seeds)")
+    check_stack_memory(spec, len(keys))
     return _init_program(spec)(keys)
 
 
@@ -197,7 +203,11 @@ def _train_programs(spec: ModelSpec, config: TrainConfig, execution: ExecutionCo
                                            mutable=["batch_stats"])
         else:
             logits, updates = module.apply({"params": params}, x, train=True), other
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        if y.ndim == 2:  # target distributions (soft labels, e.g. distillation)
+            ce = optax.softmax_cross_entropy(logits, y)
+            y = jnp.argmax(y, -1)
+        else:
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
         return jnp.sum(ce * w), (updates, jnp.sum(correct * w))
 
@@ -279,7 +289,8 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
       spec: the architecture (all members share it).
       variables: the stack's initial variables, leaves [N, ...] (`init_stack`).
       images: uint8 [num_examples, H, W, C]; moved to the device once, replicated.
-      labels: int [num_examples].
+      labels: int [num_examples], or float [num_examples, num_classes] target distributions
+        (soft labels, e.g. a teacher's probabilities for distillation).
       member_indices: N index arrays into ``images`` (lengths may differ).
       config: the recipe; ``config.execution`` chooses how it runs.
       key: PRNG key, member m shuffling with ``fold_in(key, m)``; or one key per member [N],
@@ -288,7 +299,9 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     """
     chex.assert_rank(images, 4)
     chex.assert_type(images, np.uint8)
-    chex.assert_shape(labels, (images.shape[0],))
+    labels = np.asarray(labels)
+    soft = labels.ndim == 2
+    chex.assert_shape(labels, (images.shape[0], spec.num_classes) if soft else (images.shape[0],))
     num_members = stack_size(variables)
     index, sizes = _pad_member_indices(member_indices, images.shape[0])
     if index.shape[0] != num_members:
@@ -321,7 +334,7 @@ def train_stack(spec: ModelSpec, variables: dict, images: np.ndarray, labels: np
     if loop:
         state = list(_split_members(state, num_members))
     data_images = jax.device_put(images, place())
-    data_labels = jax.device_put(np.asarray(labels, np.int32), place())
+    data_labels = jax.device_put(labels.astype(np.float32 if soft else np.int32), place())
     member_keys = per_member_keys(key, num_members)
     index_d, sizes_d = jnp.asarray(index), jnp.asarray(sizes)
 

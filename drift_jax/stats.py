@@ -95,18 +95,19 @@ def permutation_test(x, y, key: jax.Array, num_permutations: int = 2000) -> dict
 STATISTICS = ("fraction", "mean", "auc", "ks")
 
 
-def per_class_statistic(values: np.ndarray, decisions: np.ndarray, stat: str) -> np.ndarray:
+def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> np.ndarray:
     """A statistic of each model's gray-score distribution per class, oriented so that lower
     means less like the base model's gray data (drift).
 
     values: continuous member scores [..., models, C, S], higher = more member-like, model 0 the
-    base model; decisions: bool member decisions, same shape. Returns [..., models, C]:
-    ``fraction`` of images called members (the original protocol's score); ``mean`` score;
+    base model; members: member probabilities (an attack's 0/1 answers for a rule), same shape.
+    Returns [..., models, C]: ``fraction``: the mean member probability (for a rule, the fraction
+    of images called members: the original protocol's score); ``mean`` score;
     ``auc`` P(score > a base image's score) + P(tie) / 2 in the class (Mann-Whitney); ``ks`` minus
     the two-sample KS distance to the base model's scores.
     """
     if stat == "fraction":
-        return decisions.mean(-1)
+        return members.mean(-1)
     if stat == "mean":
         return values.mean(-1)
     base = np.broadcast_to(values[..., :1, :, :], values.shape)
@@ -119,14 +120,16 @@ def per_class_statistic(values: np.ndarray, decisions: np.ndarray, stat: str) ->
     raise DriftJaxError(f"stat must be one of {', '.join(STATISTICS)}, got {stat!r}.")
 
 
-def largest_deficit(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
-    """Combines per-class statistics [..., G, C] into one per model [..., G]: each class
-    standardised, then the smallest (the largest standardised deficit), so that a change in one
-    class is not averaged away by the others. A model among ``models`` (the production model and
-    the controls) is standardised by the mean and sd of the *other* ones (leave one out): every
-    one of them is treated alike, so under no drift they stay exchangeable and the production
-    model's rank among the controls is an exact p-value; a drifted model does not dilute its
-    own deficit. Other models (the base) use all of ``models``."""
+COMBINATIONS = ("class_mean", "largest_deficit", "two_largest_deficits")
+
+
+def standardised_deficits(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Per-class statistics [..., G, C] -> z-scores [..., G, C]: each class standardised, so a
+    negative z is a deficit. A model among ``models`` (the production model and the controls) is
+    standardised by the mean and sd of the *other* ones (leave one out): every one of them is
+    treated alike, so under no drift they stay exchangeable and the production model's rank
+    among the controls stays an exact p-value, and a drifted model does not dilute its own
+    deficit. Other models (the base) use all of ``models``."""
     reference = per_class[..., models, :]
     n = reference.shape[-2]
     total, squares = reference.sum(-2, keepdims=True), (reference ** 2).sum(-2, keepdims=True)
@@ -135,5 +138,41 @@ def largest_deficit(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
     others_mean = (total - reference) / (n - 1)
     mean[..., models, :] = others_mean
     var[..., models, :] = (squares - reference ** 2) / (n - 1) - others_mean ** 2
-    z = (per_class - mean) / (np.sqrt(np.maximum(var, 0.0)) + 1e-12)
-    return z.min(-1)
+    return (per_class - mean) / (np.sqrt(np.maximum(var, 0.0)) + 1e-12)
+
+
+def largest_deficit(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """[..., G, C] -> [..., G]: the smallest standardised class statistic
+    (`standardised_deficits`), so that a change in one class is not averaged away by the others."""
+    return standardised_deficits(per_class, models).min(-1)
+
+
+def combine_classes(per_class: np.ndarray, models: np.ndarray, combine: str) -> np.ndarray:
+    """One score per model from per-class statistics [..., G, C] -> [..., G], lower = drift.
+
+    ``class_mean``: the average over classes (the original protocol); ``largest_deficit``: the
+    smallest standardised class statistic; ``two_largest_deficits``: the mean of the two smallest
+    (a change that lives in two classes, such as a swap or a relabel a -> b, counts twice). Each
+    treats the production model and the controls alike, so the rank p-value stays exact."""
+    if combine == "class_mean":
+        return per_class.mean(-1)
+    z = standardised_deficits(per_class, models)
+    if combine == "largest_deficit":
+        return z.min(-1)
+    if combine == "two_largest_deficits":
+        return np.sort(z, -1)[..., :2].mean(-1)
+    raise DriftJaxError(f"combine must be one of {', '.join(COMBINATIONS)}, got {combine!r}.")
+
+
+def min_rank(scores: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Several scores of every model [K, ..., G] (lower = drift) -> one [..., G]: each model's
+    smallest rank over the K scores, a rank counting the models among ``models`` (the production
+    model and the controls) that score at or below it; ties of the smallest rank are broken by
+    the mean rank (without that, the model lowest by another statistic ties the production model
+    and the test could rarely reject). Every one of ``models`` is ranked alike, so under no drift
+    they stay exchangeable and the production model's rank among the controls on this combined
+    score is still an exact p-value: an omnibus test that rejects when one of the K statistics
+    puts the production model at the bottom."""
+    reference = scores[..., models]  # [K, ..., n]
+    ranks = (reference[..., None, :] <= scores[..., :, None]).sum(-1)  # [K, ..., G]
+    return ranks.min(0) + ranks.mean(0) / (len(models) + 1.0)

@@ -42,6 +42,7 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         dataset.labels, [1 - config.holdout_fraction, config.holdout_fraction], config.seed,
         dataset.num_classes)
     spec = ModelSpec(config.arch, dataset.num_classes, dataset.image_shape)
+    stack.check_stack_memory(spec, config.models)  # before the keys: they are as many
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
     variables = stack.init_stack(spec, jax.random.split(init_key, config.models))

@@ -4,9 +4,11 @@ power (label swap) and cost.
 Control model j of a run depends only on (seed, j) (`tests/test_detect.py::
 test_a_run_with_fewer_controls_is_nested_in_one_with_more`), so the first m controls of a run
 with M >= m are exactly the controls of a run with m: one set of runs with the largest M gives
-every smaller M without bias. The shipped sweep `ablation_controls_mnist.json` runs each M
-separately (for a machine with time to spare); this script reads either that sweep's folder or
-`benchmarks/detection.json` and evaluates every m <= M.
+every smaller M without bias, for a statistic averaged over classes (the sweep sets
+`stat="fraction"`; rank and deficit combinations depend on the whole control set). The shipped
+sweep `ablation_controls_mnist.json` runs each M separately (for a machine with time to spare);
+this script reads either that sweep's folder or `benchmarks/detection.json` and evaluates every
+m <= M.
 
   python experiments/ablation_controls.py benchmarks/detection.json --dataset mnist
   python experiments/ablation_controls.py runs/ablation_controls_mnist

@@ -1,10 +1,15 @@
-"""Detection quality: scenarios x severities x seeds, the detection rate at alpha = 0.05 of every
-attack (calibrated p-value), the original seed rule, the permutation test and every baseline.
-Writes benchmarks/detection.json (after every run: a killed benchmark resumes where it stopped)
-and the detection section of BENCHMARKS.md.
+"""Detection power curves (issue 13): scenarios x severities, every seed of a point stacked in one
+`detect_drift_seeds` call, and per seed the calibrated p-value of every attack x per-class
+statistic x class combination (one run gives them all: `report.attacks[a]["statistics"]`), plus
+the baselines. Power at alpha = 0.05 is the fraction of seeds with p <= alpha; under `none` it is
+the false-positive rate. Writes benchmarks/power.json after every point (a killed benchmark
+resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/power_*.png.
 
-  python scripts/bench_detection.py                      # digits grid + MNIST none/label_swap
-  python scripts/bench_detection.py --datasets digits --seeds 3   # quicker
+  python scripts/bench_detection.py --datasets digits            # 31 points x 10 seeds, M = 19
+  python scripts/bench_detection.py --datasets mnist --seeds 5   # relabel / label_swap / none
+  python scripts/bench_detection.py --variant m49 --points none@0 relabel@2 label_swap@2 \
+      --out benchmarks/power_m49.json                           # 49 controls, 3 attacks
+  python scripts/bench_detection.py --report-only
 """
 
 from __future__ import annotations
@@ -26,106 +31,149 @@ from bench_common import machine, update_section  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
 from drift_jax import data  # noqa: E402
-from drift_jax.detect import DetectConfig, detect_drift  # noqa: E402
+from drift_jax.detect import DetectConfig, detect_drift_seeds  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
-from drift_jax.report import run_flags  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist-test"
-# In priority order (the run resumes, so a cut-short benchmark keeps the most important rows).
-GRID = [("digits", "none", 0), ("digits", "label_swap", 5), ("mnist", "label_swap", 5),
-        ("mnist", "none", 0), ("digits", "label_swap", 2), ("digits", "relabel", 5),
-        ("digits", "label_noise", 5), ("digits", "class_transform", 5),
-        ("digits", "gaussian_noise", 5), ("digits", "prior_shift", 5)]
-# MNIST: a lighter training recipe, and regularised inversion. Earlier runs of this grid, kept
-# in benchmarks/: parity MIFace cut to 200 iterations from a uniform start kept the
-# false-positive rate at 0/10 but found the label swap in 1 of 3 seeds (its 28x28 gray images
-# did not transfer); regularised inversion cut to 300 steps found it in 8 of 10, the misses
-# being seeds where a few control models' gray images of whole classes did not transfer, so
-# those controls scored as low as a swapped production model. 1,000 steps fixes most of them
-# (8 training epochs instead of 3 makes it worse: models fit longer invert less transferably).
+ALPHA = 0.05
+SEVERITIES = (1, 2, 3, 4, 5)
+# scenario name -> (DetectConfig scenario, scenario_params); changed classes for localisation
+SCENARIOS = {
+    "relabel": ("relabel", {}, {0, 1}),
+    "label_swap": ("label_swap", {}, {0, 1}),
+    "class_transform:rotate": ("class_transform", {"kind": "rotate"}, {0}),
+    "class_transform:invert": ("class_transform", {"kind": "invert"}, {0}),
+    "label_noise": ("label_noise", {}, None),
+    "prior_shift": ("prior_shift", {}, {0, 1}),
+}
+# In priority order (the run resumes, so a cut-short benchmark keeps the most important points).
+PLANS = {
+    "digits": [("none", 0), *[(s, v) for v in (2, 5, 1, 3, 4) for s in SCENARIOS]],
+    "mnist": [("none", 0), *[(s, v) for v in (2, 5, 3, 1, 4) for s in ("relabel", "label_swap")]],
+}
+# none needs 10 seeds on every dataset (the false-positive rate); others take --seeds
+NONE_SEEDS = 10
+ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
+           "modified_entropy"]
+# Variants of the recipe (`--variant`), stored under "dataset[variant]": the number of controls
+# (the smallest p-value is 1 / (M + 1)), more gray images per class, fewer attacks (faster).
+VARIANTS = {"m19": (["controls=19"], ATTACKS),
+            "m49": (["controls=49"], ["rule_based", "loss", "black_box"]),
+            "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
+                        ["rule_based", "loss", "black_box"])}
+# MNIST: the lighter recipe of the earlier detection benchmark (benchmarks/detection*.json).
 OVERRIDES = {"digits": [], "mnist": [
     "train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
     "inversion.regularized.steps=1000", "inversion.regularized.learning_rate=0.1",
     "inversion.regularized.flip=false"]}
 
 
-def one_run(ds, name: str, scenario: str, severity: int, seed: int) -> dict:
+def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
+              variant: str = "m19") -> list[dict]:
+    kind, params, _ = SCENARIOS.get(scenario, ("none", {}, None))
+    overrides, attacks = VARIANTS[variant]
     cfg = config_lib.with_overrides(DetectConfig(base=name), [
-        f'scenario="{scenario}"', f"severity={severity}", f"seed={seed}", *OVERRIDES[name]])
+        f'scenario="{kind}"', f"severity={severity}", f"scenario_params={json.dumps(params)}",
+        f"attacks={json.dumps(attacks)}", *OVERRIDES[name], *overrides])
     start = time.perf_counter()
-    report = detect_drift(cfg, base=ds, progress=False)
-    flags = run_flags(report.to_json())
-    # Scores of every model: smaller control sets are nested in these (the first m controls of
-    # a run with M are exactly a run with m), so calibration against M needs no extra runs.
-    scores = {a: {"production": r["production_score"], "controls": r["control_scores"]}
-              for a, r in report.attacks.items()}
-    return {"flags": flags, "p_value": report.p_value, "drifted_classes": report.drifted_classes,
-            "scores": scores, "timings": report.timings,
-            "overrides": OVERRIDES[name],
-            "seconds": time.perf_counter() - start, "accuracy": report.accuracy["base"]}
+    reports = detect_drift_seeds(cfg, seeds, base=ds, progress=False)
+    seconds = time.perf_counter() - start
+    out = []
+    for seed, report in zip(seeds, reports):
+        p_values = {f"{a}:{k}": v for a, r in report.attacks.items()
+                    for k, v in r["statistics"].items()}
+        p_values.update({f"baseline:{b}": r["p_value"] for b, r in report.baselines.items()})
+        classes = {a: [report.class_names[k] for k in np.flatnonzero(
+            np.asarray(r["per_class"]["p_value_corrected"]) <= ALPHA)]
+            for a, r in report.attacks.items()}
+        out.append({"seed": seed, "p_values": p_values, "classes": classes,
+                    "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds)})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"])
+    parser.add_argument("--datasets", nargs="+", default=["digits"])
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "detection.json"))
+    parser.add_argument("--variant", default="m19", choices=list(VARIANTS))
+    parser.add_argument("--points", nargs="+", help="scenario@severity to run (default: all)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "power.json"))
     parser.add_argument("--report-only", action="store_true",
-                        help="only rewrite BENCHMARKS.md from the runs saved so far")
+                        help="only rewrite BENCHMARKS.md and the figures from the saved points")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     out = Path(args.out)
-    results = json.loads(out.read_text())["runs"] if out.exists() else {}
-    if args.report_only:
-        write_markdown(results)
-        return
-    loaded = {}
-    for name, scenario, severity in GRID:
-        if name not in args.datasets:
-            continue
-        if name not in loaded:
-            loaded[name] = data.digits() if name == "digits" else data.load(f"idx:{MNIST}")
-        ds = loaded[name]
-        for seed in range(args.seeds):
-            key = f"{name}/{scenario}/{severity}/{seed}"
-            if key in results:
-                continue
-            results[key] = one_run(ds, name, scenario, severity, seed)
-            r = results[key]
-            print(f"{key}: p={r['p_value']:.3f} classes={r['drifted_classes']} "
-                  f"{r['seconds']:.0f}s", flush=True)
-            atomic_write_json(out, {"machine": machine(), "runs": results})
-    write_markdown(results)
-    print(f"wrote {out} and BENCHMARKS.md")
+    points = json.loads(out.read_text())["points"] if out.exists() else {}
+    if not args.report_only:
+        for name in args.datasets:
+            ds = data.digits() if name == "digits" else data.load(f"idx:{MNIST}")
+            for scenario, severity in PLANS[name]:
+                if args.points and f"{scenario}@{severity}" not in args.points:
+                    continue
+                key = f"{name}[{args.variant}]/{scenario}/{severity}"
+                seeds = list(range(NONE_SEEDS if scenario == "none" else args.seeds))
+                if len(points.get(key, [])) >= len(seeds):
+                    continue
+                points[key] = run_point(ds, name, scenario, severity, seeds, args.variant)
+                print(f"{key}: {summary(points[key])}", flush=True)
+                atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points})
+    # the report covers every points file (variants may run as separate processes)
+    for other in sorted(out.parent.glob("power*.json")):
+        points = {**json.loads(other.read_text())["points"], **points}
+    write_markdown(points)
+    print(f"wrote {out}, BENCHMARKS.md and docs/figures/power_*.png")
 
 
-def write_markdown(results: dict) -> None:
-    groups: dict = {}
-    seconds: dict = {}
-    for key, r in results.items():
-        name, scenario, severity, _ = key.split("/")
-        groups.setdefault((name, scenario, severity), []).append(r)
-        seconds.setdefault(name, []).append(r["seconds"])
-    methods = sorted({m for r in results.values() for m in r["flags"]})
-    lines = ["Detection rate at alpha = 0.05 (fraction of seeds flagged; under `none` it is the "
-             "false-positive rate). `attack:X` is the calibrated control-model test with attack "
-             "X; `seed_rule:X` the original rule (production < 0.75 x base); `permutation:X` "
-             "base gray vs production gray per-image scores. `swap classes` is the fraction of "
-             "label-swap runs whose flagged classes are exactly the swapped two.", "",
-             "| data | scenario | sev | runs | " + " | ".join(methods) + " | swap classes |",
-             "|---" * (len(methods) + 5) + "|"]
-    for (name, scenario, severity), runs in sorted(groups.items()):
-        rates = [sum(r["flags"].get(m, False) for r in runs) / len(runs) for m in methods]
-        swap = (f"{sum(set(r['drifted_classes']) == {'0', '1'} for r in runs) / len(runs):.2f}"
-                if scenario == "label_swap" else "")
-        lines.append(f"| {name} | {scenario} | {severity} | {len(runs)} | "
-                     + " | ".join(f"{x:.2f}" for x in rates) + f" | {swap} |")
-    medians = ", ".join(f"{name} {float(np.median(times)):.0f} s"
-                        for name, times in sorted(seconds.items()))
-    lines += ["", f"{len(results)} runs; median time per run: {medians} (2-core CPU). "
-              "`python scripts/bench_detection.py`."]
-    update_section("bench_detection", "Detection quality (`scripts/bench_detection.py`)", lines)
+def power(runs: list[dict], method: str) -> float:
+    return float(np.mean([r["p_values"].get(method, 1.0) <= ALPHA for r in runs]))
+
+
+def summary(runs: list[dict]) -> str:
+    shown = ["rule_based:fraction/class_mean", "rule_based:auc/two_largest_deficits",
+             "baseline:disagreement"]
+    return ", ".join(f"{m} {power(runs, m):.1f}" for m in shown) + \
+        f"; {runs[0]['seconds'] * len(runs):.0f} s"
+
+
+def write_markdown(points: dict) -> None:
+    from drift_jax import figures
+
+    methods = sorted({m for runs in points.values() for r in runs for m in r["p_values"]})
+    datasets = sorted({k.split("/")[0] for k in points})
+    lines = [f"Power at alpha = {ALPHA} (fraction of seeds with p <= alpha; under `none`, the "
+             "false-positive rate) of every attack x per-class statistic / class combination "
+             "(`DetectConfig.stat` / `combine`) and every baseline. Columns: scenario@severity. "
+             "`python scripts/bench_detection.py`.", ""]
+    for name in datasets:
+        keys = sorted((k for k in points if k.startswith(name + "/")),
+                      key=lambda k: (k.split("/")[1] != "none", k.split("/")[1],
+                                     int(k.split("/")[2])))
+        cols = [f"{k.split('/')[1]}@{k.split('/')[2]}" for k in keys]
+        seeds = sorted({len(points[k]) for k in keys})
+        lines += [f"**{name}** ({'/'.join(map(str, seeds))} seeds per point)", "",
+                  "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(f"{power(points[k], m):.1f}" for k in keys)
+                         + " |")
+        lines.append("")
+        scenarios = sorted({k.split("/")[1] for k in keys} - {"none"})
+        table = [{"scenario": scenario, "severity": int(k.split("/")[2]),
+                  **{m: power(points[k], m) for m in methods}}
+                 for scenario in scenarios for k in keys if k.split("/")[1] in (scenario, "none")]
+        shown = [m for m in methods if m.split(":")[0] == "rule_based" and m.endswith((
+            "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
+            "omnibus/min_rank"))]
+        shown += [m for m in methods if m.startswith("baseline:")]
+        slug = name.replace("[", "_").replace("]", "")
+        figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,
+                             "severity", shown, ["scenario"])
+    seconds = {n: np.median([r["seconds"] for k, runs in points.items() if k.startswith(n)
+                             for r in runs]) for n in datasets}
+    lines += ["Median seconds per seed (seeds stacked): "
+              + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items())
+              + f" ({machine()['processor']}, {machine()['cpu_count']} cores)."]
+    update_section("bench_power", "Detection power curves (`scripts/bench_detection.py`)", lines)
 
 
 if __name__ == "__main__":

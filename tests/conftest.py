@@ -37,3 +37,22 @@ def run_python(code: str, env_extra: dict | None = None, timeout: int = 600) -> 
 def make_images(n=20, size=8, channels=1, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+def save_production_model(path: Path):
+    """A SeedCNN trained on half of synthetic?n=400&classes=4&size=8, saved as a stack of one
+    at ``path``: a production model given instead of production data. Returns (spec,
+    variables)."""
+    import jax
+
+    from drift_jax import data, stack
+    from drift_jax.config import TrainConfig
+    from drift_jax.models import ModelSpec
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    spec = ModelSpec("seedcnn", 4, ds.image_shape)
+    v = stack.init_stack(spec, jax.random.split(jax.random.key(5), 1))
+    prod = stack.train_stack(spec, v, ds.images, ds.labels, [np.arange(200)],
+                             TrainConfig(epochs=2), jax.random.key(6), progress=False).variables
+    stack.save_stack(path, spec, prod)
+    return spec, prod

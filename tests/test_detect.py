@@ -6,12 +6,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import save_production_model
 
 from drift_jax import cli, data, stack
-from drift_jax.config import TrainConfig
 from drift_jax.detect import DetectConfig, detect_drift
 from drift_jax.errors import DriftJaxError
-from drift_jax.models import ModelSpec
 
 
 @pytest.mark.parametrize("scenario, drift", [("label_swap", True), ("none", False)])
@@ -50,11 +49,7 @@ def test_cli_detect_writes_a_readable_run(tmp_path, capsys):
 
 def test_production_model_needs_no_production_data(tmp_path):
     ds = data.synthetic(n=400, classes=4, size=8)
-    spec = ModelSpec("seedcnn", 4, ds.image_shape)
-    v = stack.init_stack(spec, jax.random.split(jax.random.key(5), 1))
-    prod = stack.train_stack(spec, v, ds.images, ds.labels, [np.arange(200)],
-                             TrainConfig(epochs=2), jax.random.key(6), progress=False).variables
-    stack.save_stack(tmp_path / "prod", spec, prod)
+    spec, prod = save_production_model(tmp_path / "prod")
     from drift_jax.config import with_overrides
 
     cfg = with_overrides(DetectConfig(), ["base=\"synthetic?n=400&classes=4&size=8\"",
@@ -130,11 +125,13 @@ def test_original_protocol_without_controls_uses_a_holdout_spec_and_the_seed_rul
 
 
 def test_a_run_with_fewer_controls_is_nested_in_one_with_more():
-    """Control j's data, keys and scores depend on j only: the M-ablation can subsample."""
+    """Control j's data, keys and scores depend on j only: the M-ablation can subsample. (A
+    class-mean statistic; rank and deficit combinations are relative to the control set.)"""
     from drift_jax.config import with_overrides
 
     ds = data.synthetic(n=400, classes=4, size=8)
-    cfg = with_overrides(DetectConfig(base="synthetic"), ['scenario="none"', *SMALL])
+    cfg = with_overrides(DetectConfig(base="synthetic"), ['scenario="none"', 'stat="fraction"',
+                                                          *SMALL])
     big = detect_drift(with_overrides(cfg, ["controls=4"]), base=ds, progress=False)
     small = detect_drift(with_overrides(cfg, ["controls=2"]), base=ds, progress=False)
     a, b = big.attacks["rule_based"], small.attacks["rule_based"]
@@ -185,7 +182,7 @@ def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_
     assert not (tmp_path / "off_cache" / "xla").exists()
 
 
-@pytest.mark.parametrize("stat", ["auc", "ks", "mean"])
+@pytest.mark.parametrize("stat", ["auc", "ks", "mean", "omnibus"])
 def test_distribution_statistics_run_end_to_end(stat):
     from drift_jax.config import with_overrides
 
@@ -196,4 +193,9 @@ def test_distribution_statistics_run_end_to_end(stat):
     for attack in report.attacks.values():
         assert 0 < attack["p_value"] <= 1 and len(attack["control_scores"]) == 3
         assert np.isfinite(attack["production_score"])
+        # every statistic x combination from the same scores; the configured one decides
+        assert len(attack["statistics"]) == 13
+        assert attack["statistic"] == ("omnibus/min_rank" if stat == "omnibus" else
+                                       f"{stat}/largest_deficit")
+        assert attack["statistics"][attack["statistic"]] == attack["p_value"]
     assert report.config["stat"] == stat

@@ -93,18 +93,23 @@ def test_overwrite_replaces_a_finished_run(tmp_path):
 # ----------------------------------------------------------------------------- 2. half-written
 
 
-@pytest.mark.parametrize("command", ["train", "invert", "detect"])
+@pytest.mark.parametrize("command", ["train", "invert", "detect", "mitigate"])
 def test_a_full_disk_leaves_no_folder(tmp_path, command):
+    detect = ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
+              "--set", "controls=2", "--set", "train.epochs=1",
+              "--set", "inversion.samples_per_class=1",
+              "--set", "inversion.miface.max_iter=5", "--set", 'attacks=["rule_based"]',
+              "--set", "permutations=20", "--set", "attack_fit_size=40"]
     if command == "invert":
         assert _cli([*TRAIN, "--out", str(tmp_path / "model")])[0] == 0
+    if command == "mitigate":
+        assert _cli([*detect, "--out", str(tmp_path / "detect")])[0] == 0
     argv = {"train": TRAIN,
             "invert": ["invert", "--checkpoint", str(tmp_path / "model" / "checkpoint"),
                        "--samples", "1", "--iterations", "2", "--quiet"],
-            "detect": ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
-                       "--set", "controls=2", "--set", "train.epochs=1",
-                       "--set", "inversion.samples_per_class=1",
-                       "--set", "inversion.miface.max_iter=5", "--set", 'attacks=["rule_based"]',
-                       "--set", "permutations=20", "--set", "attack_fit_size=40"]}[command]
+            "detect": detect,
+            "mitigate": ["mitigate", "--run", str(tmp_path / "detect"), "--classes", "class_0",
+                         "--strategies", "fine_tune", "--quiet"]}[command]
     rc, err = _cli([*argv, "--out", str(tmp_path / "out" / "run")],
                    env={faults.FAULT_ENV: "files.folder_written:raise"})
     _one_line_error(rc, err, "no space left on device")
@@ -328,10 +333,15 @@ def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "train", "--data", "digits",
                              "--models", "2", "--epochs", "200", "--out", str(out)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    line = ""
-    while "train" not in line and time.time() < deadline:  # the progress bar: training began
-        line = proc.stderr.readline()
+    deadline = time.time() + 300
+    seen = ""
+    # The progress bar (redrawn with carriage returns, no newline): training began.
+    while "train 2x" not in seen and time.time() < deadline:
+        char = proc.stderr.read(1)
+        if not char:
+            break
+        seen += char
+    assert "train 2x" in seen, seen[-2000:]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
