@@ -193,10 +193,10 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
         prod_eval = append(images, labels)
     else:  # given production data: hold out a stratified share
         kind = "labels"
-        train_ix, eval_ix = data_lib.stratified_split(
-            plan.production.labels, [1 - config.production_holdout_fraction,
-                                     config.production_holdout_fraction], cfg.seed,
-            pool.num_classes)
+        present, strata = np.unique(plan.production.labels, return_inverse=True)  # a scenario
+        train_ix, eval_ix = data_lib.stratified_split(  # may empty a class: stratify the rest
+            strata, [1 - config.production_holdout_fraction, config.production_holdout_fraction],
+            cfg.seed, len(present))
         prod_rows = append(plan.production.images[train_ix], plan.production.labels[train_ix])
         prod_eval = append(plan.production.images[eval_ix], plan.production.labels[eval_ix])
     base_images = pool.images[split["base"]]
@@ -423,8 +423,14 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
 
 def recommend(rows: list[dict], max_forgetting: float) -> tuple[str | None, str]:
     """The rule: the best production accuracy among candidates (not the reference rows) whose
-    forgetting on the unchanged classes is at most ``max_forgetting`` points."""
-    eligible = [r for r in rows if r["kind"] == "candidate"
+    forgetting on the unchanged classes is at most ``max_forgetting`` points. When every class
+    changed, forgetting is not measurable (None) and the rule is production accuracy alone."""
+    candidates = [r for r in rows if r["kind"] == "candidate"]
+    if candidates and all(r["forgetting_points"] is None for r in candidates):
+        best = max(candidates, key=lambda r: r["production_accuracy"])
+        return best["name"], (f"best production accuracy ({best['production_accuracy']:.3f}); "
+                              "every class changed, so forgetting could not be measured")
+    eligible = [r for r in candidates if r["forgetting_points"] is not None
                 and r["forgetting_points"] <= max_forgetting + 1e-9]
     if not eligible:
         return None, (f"no candidate loses at most {max_forgetting:g} points on the classes not "
@@ -491,8 +497,8 @@ def mitigate(run_dir: str | Path, config: MitigateConfig = MitigateConfig(),
             "production_per_class": _or_none(measured["production"]["per_class"][i]),
             "base_accuracy": float(measured["base"]["accuracy"][i]),
             "base_per_class": _or_none(measured["base"]["per_class"][i]),
-            "undrifted_accuracy": float(measured["undrifted_accuracy"][i]),
-            "forgetting_points": float(measured["forgetting"][i]),
+            "undrifted_accuracy": _or_none(measured["undrifted_accuracy"][i:i + 1])[0],
+            "forgetting_points": _or_none(measured["forgetting"][i:i + 1])[0],
             "images_seen": candidates.images_seen[i], "retest": tests[i]})
     recommended, rule = recommend(rows, config.max_forgetting)
     total = sum(clock.seconds.values())
@@ -517,6 +523,10 @@ def _or_none(values: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in values]
 
 
+def _points(value: float | None) -> str:
+    return "n/a (no unchanged class)" if value is None else f"{value:+.1f} pt"
+
+
 def summary_lines(report: MitigationReport) -> list[str]:
     lines = [f"mitigating classes {', '.join(report.changed_classes)} (flagged: "
              f"{', '.join(report.flagged_classes)}) of run {report.run}",
@@ -527,7 +537,7 @@ def summary_lines(report: MitigationReport) -> list[str]:
                    f", re-test p = {test['p_value']:.3f} "
                    f"({'still drift' if test['is_drift'] else 'no drift'})")
         lines.append(f"  {r['name']:<14} production acc {r['production_accuracy']:.3f}, base acc "
-                     f"{r['base_accuracy']:.3f}, forgetting {r['forgetting_points']:+.1f} pt"
+                     f"{r['base_accuracy']:.3f}, forgetting {_points(r['forgetting_points'])}"
                      + verdict)
     t = report.timings
     if t.get("cost_vs_detect"):
@@ -572,7 +582,7 @@ def write_mitigation(report: MitigationReport, out: str | Path) -> Path:
         for r in rows:
             test = r["retest"] or {}
             md.append(f"| {r['name']} | {r['production_accuracy']:.3f} | "
-                      f"{r['base_accuracy']:.3f} | {r['forgetting_points']:+.1f} | "
+                      f"{r['base_accuracy']:.3f} | {_points(r['forgetting_points'])} | "
                       f"{r['images_seen']} | {test.get('p_value', float('nan')):.3f} | "
                       f"{', '.join(test.get('still_flagged', [])) or '-'} |")
         atomic_write_bytes(tmp / "summary.md", ("\n".join(md) + "\n").encode())

@@ -237,3 +237,20 @@ def test_a_production_model_alone_allows_only_distillation(tmp_path, capsys):
     assert [r["name"] for r in report.candidates] == ["base", "production", "distill"]
     assert report.production_eval == "production model agreement"
     assert report.candidates[1]["production_accuracy"] == 1.0  # agrees with itself
+
+
+def test_given_production_data_is_split_for_evaluation_even_when_a_class_empties(tmp_path):
+    """Production data of another synthetic draw (a different concept for every class), relabel
+    0 -> 1 at severity 5 empties class 0: the held-out share is stratified over the classes left,
+    every class is changed, so forgetting is not measurable and the rule falls back to
+    production accuracy."""
+    run = small_run(tmp_path, ['production="synthetic?n=120&classes=4&size=8&seed=3"'])
+    report = mitigate(run, MitigateConfig(classes=("class_0",)), progress=False)
+    assert report.production_eval == "labels"
+    assert report.changed_classes == ["class_0", "class_1", "class_2", "class_3"]
+    rows = report.candidates
+    assert all(r["forgetting_points"] is None for r in rows)
+    assert report.recommended == max((r for r in rows if r["kind"] == "candidate"),
+                                     key=lambda r: r["production_accuracy"])["name"]
+    assert rows[0]["production_per_class"][0] is None  # no image is labelled 0 any more
+    json.dumps(report.to_json(), allow_nan=False)  # strict JSON: no NaN
