@@ -139,7 +139,6 @@ def summary(runs: list[dict]) -> str:
 def write_markdown(points: dict) -> None:
     from drift_jax import figures
 
-    methods = sorted({m for runs in points.values() for r in runs for m in r["p_values"]})
     datasets = sorted({k.split("/")[0] for k in points})
     lines = [f"Power at alpha = {ALPHA} (fraction of seeds with p <= alpha; under `none`, the "
              "false-positive rate) of every attack x per-class statistic / class combination "
@@ -151,6 +150,9 @@ def write_markdown(points: dict) -> None:
                                      int(k.split("/")[2])))
         cols = [f"{k.split('/')[1]}@{k.split('/')[2]}" for k in keys]
         seeds = sorted({len(points[k]) for k in keys})
+        # the methods every point of this grid measured (a variant may predate a statistic)
+        methods = sorted(set.intersection(*[{m for r in points[k] for m in r["p_values"]}
+                                             for k in keys]))
         lines += [f"**{name}** ({'/'.join(map(str, seeds))} seeds per point)", "",
                   "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for m in methods:
