@@ -179,16 +179,15 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
         offset += len(images)
         return rows
 
-    prod_rows = np.zeros(0, np.int64)
+    prod_rows, held = np.zeros(0, np.int64), pool.images[base_eval]
     if plan.production is None:  # a production model only: agreement with it
         kind, prod_eval = "production model agreement", append(
-            pool.images[base_eval], _predict(spec, run.models, pool.images[base_eval], 1)
-            .argmax(-1))
+            held, _predict(spec, run.models, held, 1).argmax(-1))
     elif split["production"] is not None:  # split off the base data: fresh held-out copies
         kind = "labels"
         prod_rows = append(plan.production.images, plan.production.labels)
         images, labels = scenarios_lib.apply(
-            cfg.scenario, pool.images[base_eval], pool.labels[base_eval],
+            cfg.scenario, held, pool.labels[base_eval],
             jax.random.fold_in(seed_key, 8), cfg.severity, **cfg.scenario_params)
         prod_eval = append(images, labels)
     else:  # given production data: hold out a stratified share
@@ -203,11 +202,10 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
     teacher = jax.nn.softmax(_predict(spec, run.models, base_images, 1), -1)
     changed = flagged
     if config.partner_threshold is not None:
-        held = pool.images[base_eval]
         base_answers = _predict(spec, run.models, held, 0).argmax(-1)
-        if len(prod_rows):  # the base model's answers against the new labels
-            old = _predict(spec, run.models, np.concatenate(parts_images)[prod_rows], 0)
-            old, new = old.argmax(-1), np.concatenate(parts_labels)[prod_rows]
+        if len(prod_rows):  # the base model's answers against the new labels (appended first)
+            old = _predict(spec, run.models, parts_images[1], 0).argmax(-1)
+            new = parts_labels[1]
         else:  # the production model's answers stand for the labels
             old, new = base_answers, _predict(spec, run.models, held, 1).argmax(-1)
         changed = partner_classes(old, new, flagged, spec.num_classes, config.partner_threshold,
