@@ -358,18 +358,22 @@ def _check_memory(config: DetectConfig, num_seeds: int, spec: ModelSpec,
                           f"{config.permutations} permutations", "lower permutations")
 
 
+def attack_rows(config: DetectConfig, split: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The known members (from the base split) and non-members (the holdout) an attack on a
+    seed's base model is fitted on: ``attack_fit_size`` of each, drawn by the seed."""
+    rng = np.random.default_rng(config.seed)
+    n_fit = min(config.attack_fit_size, len(split["base"]), len(split["holdout"]))
+    return (rng.choice(split["base"], n_fit, replace=False),
+            rng.choice(split["holdout"], n_fit, replace=False))
+
+
 def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, images,
                     targets: dict, progress: bool, clock) -> membership.AttackContext:
     """The S base models as attack targets: each seed's known members (from its base split)
     and non-members (its holdout), and, when an attack needs them, one shadow stack of S x K
     models on each seed's reference + holdout pool."""
     config = plans[0].config
-    members, nonmembers = [], []
-    for plan in plans:
-        rng = np.random.default_rng(plan.config.seed)
-        n_fit = min(config.attack_fit_size, len(plan.split["base"]), len(plan.split["holdout"]))
-        members.append(rng.choice(plan.split["base"], n_fit, replace=False))
-        nonmembers.append(rng.choice(plan.split["holdout"], n_fit, replace=False))
+    members, nonmembers = zip(*(attack_rows(plan.config, plan.split) for plan in plans))
     keys = jax.numpy.stack([p.keys["attack"] for p in plans])
     shadows = None
     if any(membership.ATTACKS[name].needs_shadows for name in config.attacks):

@@ -143,6 +143,7 @@ class MitigationData:
     reference: np.ndarray  # the controls' pool (held out from the base model too)
     production_eval_kind: str  # "labels" or "production model agreement"
     changed: np.ndarray  # class indices: the flagged ones and their partners
+    keys: dict  # the run's per-seed keys (detect's: init, train, invert, attack, test)
 
     @property
     def base_eval(self) -> np.ndarray:
@@ -220,7 +221,7 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
     return MitigationData(np.concatenate(parts_images), targets,
                           targets.argmax(-1).astype(np.int32), split["base"], prod_rows,
                           prod_eval, distill, split["holdout"], split["reference"], kind,
-                          changed)
+                          changed, plan.keys)
 
 
 def partner_classes(old: np.ndarray, new: np.ndarray, flagged: np.ndarray, num_classes: int,
@@ -378,13 +379,9 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         num_models, samples = gray.shape[1], gray.shape[3]
         name = cfg.primary_attack
         index = cfg.attacks.index(name)
-        seed_keys = dict(zip(("init", "train", "invert", "attack", "test"),
-                             jax.random.split(jax.random.key(cfg.seed), 5)))
-        rng = np.random.default_rng(cfg.seed)  # detect's choice of attack training rows
-        n_fit = min(cfg.attack_fit_size, len(data.base), len(data.holdout))
-        members = rng.choice(data.base, n_fit, replace=False)
-        nonmembers = rng.choice(data.holdout, n_fit, replace=False)
-        attack_key = jax.random.fold_in(seed_keys["attack"], index)
+        members, nonmembers = detect_lib.attack_rows(cfg, {"base": data.base,
+                                                           "holdout": data.holdout})
+        attack_key = jax.random.fold_in(data.keys["attack"], index)
         context = membership.AttackContext(
             spec, candidates.variables, images, data.labels, np.tile(members, (k, 1)),
             np.tile(nonmembers, (k, 1)), jnp.stack([attack_key] * k))
@@ -392,7 +389,7 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
             pool = np.concatenate([data.reference, data.holdout])  # detect's shadow pool
             one = membership.train_shadows(
                 spec, images, data.labels, pool[None], cfg.num_shadows, cfg.train,
-                jax.random.fold_in(seed_keys["attack"], len(detect_lib.ATTACKS))[None],
+                jax.random.fold_in(data.keys["attack"], len(detect_lib.ATTACKS))[None],
                 progress)
             context = dataclasses.replace(context, shadows=dataclasses.replace(
                 one, variables=stack.member(one.variables, np.tile(
@@ -406,7 +403,7 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         values = scores.scores.get(attack.oriented_score, scores.probability)
         results = detect_lib._score_attack(
             values.reshape(shape), scores.probability.reshape(shape),
-            scores.decision.reshape(shape), cfg, jnp.stack([seed_keys["test"]] * k), index)
+            scores.decision.reshape(shape), cfg, jnp.stack([data.keys["test"]] * k), index)
     names = np.array(run.report["class_names"])
     out = []
     for r in results:
