@@ -212,7 +212,8 @@ def _add_mitigate(sub) -> None:
                                         "as one stack; measure recovery, forgetting, re-test")
     p.add_argument("--run", required=True, help="a finished `drift-jax detect` run folder")
     p.add_argument("--strategies", help="comma-separated, from fine_tune, retrain, targeted, "
-                                        "wise_ft, distill (default: all the run allows)")
+                                        "replay, wise_ft, distill (default: all the run "
+                                        "allows)")
     p.add_argument("--classes", help="comma-separated class names to mitigate (default: the "
                                      "classes the run flagged)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -7,8 +7,9 @@ score is then ranked among the controls' scores:
 
     p = (1 + #{control score <= production score}) / (M + 1)
 
-per attack; per class, the production model's per-image scores against the controls' by
-permutation (Holm or Benjamini-Hochberg corrected over classes); a permutation test of per-image
+per attack; per class, the production model's statistic against the controls' by a t prediction
+interval (Holm or Benjamini-Hochberg corrected over classes), and for each flagged class the class
+its concept went to (`partner_tests`); a permutation test of per-image
 scores, base gray vs production gray; and the original rule (``seed_rule``: production < 0.75 x
 base) for parity. Baselines (model disagreement, BBSD, MMD) run on the same splits and controls.
 
@@ -44,7 +45,8 @@ from drift_jax.validate import bounded, check_fields
 
 ATTACKS = tuple(membership.ATTACKS)
 # stat="omnibus": one statistic for a change spread over classes, one for a change that lives in
-# one or two classes (issue 13's power curves, docs/RESULTS.md)
+# one or two classes (issue 13's power curves, docs/RESULTS.md); the first one's per-class
+# statistic localises
 OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
@@ -54,8 +56,9 @@ SEED_RULE_RATIO = 0.75
 class DetectConfig:
     """`drift-jax detect`. Defaults run on the embedded digits in under a minute on 2 CPU
     cores. They were chosen from issue 13's power curves (docs/RESULTS.md): 49 controls (the
-    smallest attainable p-value is 1 / (M + 1)) and the rule-based attack's target probability,
-    combined by `OMNIBUS`. ``stat="fraction"``, ``controls=19`` is the original protocol's
+    smallest attainable p-value is 1 / (M + 1)), 16 gray images per class and model (8 left the
+    severity-2 relabel at power 0.6) and the rule-based attack's target probability, combined
+    by `OMNIBUS`. ``stat="fraction"``, ``controls=19`` is the original protocol's
     member fraction; for larger data use more samples per class and the regularised inversion."""
 
     base: str = "digits"
@@ -75,7 +78,7 @@ class DetectConfig:
     controls: int = bounded(49, ge=0)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
-        samples_per_class=8, miface=MIFaceConfig(max_iter=300, init="uniform")))
+        samples_per_class=16, miface=MIFaceConfig(max_iter=300, init="uniform")))
     attacks: tuple[str, ...] = ("rule_based", "black_box")
     primary_attack: str = "rule_based"
     baselines: tuple[str, ...] = BASELINES
@@ -348,7 +351,8 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
 def _check_memory(config: DetectConfig, num_seeds: int, spec: ModelSpec,
                   pool_size: int) -> None:
     """The run's largest allocations, estimated before any work: the inversion of every model,
-    the stack's training, and the permutation tests (per class: M + 1 models' samples)."""
+    the stack's training, and the partner tests (per flagged class and other class: M + 1
+    models' samples)."""
     models = num_seeds * (2 + config.controls)
     inversion.check_memory(spec, models, spec.num_classes, config.inversion)
     stack.check_training_memory(spec, models, config.train.batch_size, 1, "vmap", pool_size)
@@ -427,16 +431,18 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
                                        config.permutations)
     if calibrated:
         # Localisation: a rank among M controls cannot survive a correction over C classes
-        # unless M >= C / alpha, so each class compares the production model's per-image scores
-        # with the pooled per-image scores of the controls by permutation, then corrects.
-        pooled = scores[:, controls].transpose(0, 2, 1, 3).reshape(num_seeds * c, -1)
-        class_keys = jax.vmap(lambda k: stack.per_member_keys(k, c))(keys).reshape(-1)
-        class_p = stats_lib.permutation_tests(
-            pooled, scores[:, 1].reshape(num_seeds * c, -1), class_keys,
-            config.permutations)["p_value"].reshape(num_seeds, c)
+        # unless M >= C / alpha, so each class's statistic is compared with the controls' by a
+        # t prediction interval (continuous; each model counted once), then corrected. On the
+        # logit scale: a class mean near its ceiling of 1 has a long lower tail across models,
+        # which the t interval would read as drift (offline on digits: the rate of undrifted
+        # models with a class flagged drops from 0.21 to 0.07).
         p_value = stats_lib.calibrated_p_value(overall[:, controls].T, overall[:, 1])
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
+        class_logits = special.logit(np.clip(per_class + (config.stat == "ks"), 1e-4, 1 - 1e-4))
+        class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
+                                                class_logits[:, 1])
+                   if len(controls) > 1 else rank_p)
         every = {}
         for stat, combine in [*itertools.product(stats_lib.STATISTICS, stats_lib.COMBINATIONS),
                               ("omnibus", "min_rank")]:
@@ -514,10 +520,9 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
     out = []
     for s in range(num_seeds):
         # Step 7. With controls, the calibrated test decides, and classes are named only when
-        # the global test rejects (gatekeeping): per-image permutation p-values ignore the
-        # between-model variance, so on their own they would name classes of an undrifted
-        # production model too often. Without controls (the original protocol) only the seed
-        # rule is available.
+        # the global test rejects (gatekeeping: the per-class tests rest on a normal model of
+        # the controls' spread, the global rank test on nothing). Without controls (the
+        # original protocol) only the seed rule is available.
         primary = attacks[s][config.primary_attack]
         if config.controls:
             is_drift = bool(primary["p_value"] <= config.alpha)
@@ -528,9 +533,87 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             is_drift, drifted = primary["seed_rule"]["is_drift"], []
         out.append({"is_drift": is_drift, "p_value": primary["p_value"],
                     "drifted_classes": drifted, "attacks": attacks[s], "baselines": found[s],
+                    "localisation": {"flagged": drifted, "partners": {}},
                     "accuracy": {"base": float(accuracy[s, 0]),
                                  "production": float(accuracy[s, 1]),
                                  "controls": accuracy[s, 2:].tolist()}})
+    flagged = [np.array([class_names.index(k) for k in o["drifted_classes"]], int) for o in out]
+    if any(len(f) for f in flagged):
+        with clock("localise"):
+            flat = gray.images.reshape(-1, *gray.images.shape[3:])
+            answers = stack.predict(spec, targets, flat, np.arange(len(flat)).reshape(
+                num_seeds, -1)).argmax(-1).reshape(num_seeds, group, c, samples)
+            test_keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 77) for p in plans])
+            found_partners = partner_tests(answers, flagged, test_keys, config)
+        for o, partners in zip(out, found_partners):
+            named = destination_named(partners)
+            o["localisation"]["partners"] = {class_names[k]: {
+                "destination": None if f["destination"] is None else class_names[f["destination"]],
+                "named": named[k],
+                "p_values": {class_names[j]: p for j, p in f["p_values"].items()}}
+                for k, f in partners.items()}
+            o["drifted_classes"] = [class_names[k] for k in named_classes(partners)]
+    return out
+
+
+def named_classes(partners: dict[int, dict]) -> list[int]:
+    """The flagged classes, then the destinations of those that are not themselves another
+    flagged class's destination: a relabel a -> b flagged at both a and b names b's destination
+    a, but not the class that a's now meaningless gray data happens to look like."""
+    named = destination_named(partners)
+    return list(dict.fromkeys([*partners, *(f["destination"] for k, f in partners.items()
+                                            if named[k])]))
+
+
+def destination_named(partners: dict[int, dict]) -> dict[int, bool]:
+    """Per flagged class: is its destination named (`named_classes`)?"""
+    explained = {f["destination"] for f in partners.values()} & set(partners)
+    return {k: f["destination"] is not None and k not in explained for k, f in partners.items()}
+
+
+def partner_tests(answers: np.ndarray, flagged: list[np.ndarray], keys: jax.Array,
+                  config: DetectConfig) -> list[dict[int, dict]]:
+    """Where a flagged class's concept went: does the base model read the production model's
+    gray data of class k as another class j more often than the controls'?
+
+    A relabel a -> b or a partial swap often moves the membership scores of one class only (the
+    one whose prototype now mixes both concepts), so the per-class test names b alone; its gray
+    images, though, are answered a by the base model. Per flagged class k and every j != k, a
+    one-sided permutation test compares the share of the production model's class-k gray images
+    the base model answers j with the controls' (pooled), Holm-corrected over j. Answers, not
+    probabilities: a shift of the base model's tiny probabilities of every other class is not a
+    destination. The destination is the class with the largest excess share among those whose
+    corrected p-value is at most ``config.alpha`` (a swapped-in "1" may also read as "7" now
+    and then; only the "1" is where the concept went). Like the per-class test it runs only
+    once the global test has rejected (gatekeeping).
+
+    answers [S, models, C, samples]: the base model's class for every model's gray images
+    (model 1 the production model, 2.. the controls); flagged: per seed the flagged class
+    indices; keys [S]. Returns per seed {k: {"destination": j or None, "p_values": {j: corrected
+    p-value}}}.
+    """
+    num_classes = answers.shape[2]
+    pairs = [(s, k) for s, ks in enumerate(flagged) for k in ks]
+    seeds, classes = (np.array(v, int) for v in zip(*pairs))
+    others = np.array([[j for j in range(num_classes) if j != k] for k in classes])  # [P, C-1]
+    controls = answers[seeds, 2:, classes].reshape(len(pairs), 1, -1)  # [P, 1, M * samples]
+    production = answers[seeds, 1, classes][:, None, :]  # [P, 1, samples]
+    codes = (classes[:, None] * num_classes + others).reshape(-1)
+    pair_keys = jax.vmap(jax.random.fold_in)(keys[np.repeat(seeds, num_classes - 1)], codes)
+    # permutation_tests asks whether the second sample is lower: "not answered j"
+    tests = stats_lib.permutation_tests(
+        (controls != others[:, :, None]).reshape(len(codes), -1),
+        (production != others[:, :, None]).reshape(len(codes), -1), pair_keys,
+        config.permutations)
+    p, excess = (tests[k].reshape(others.shape) for k in ("p_value", "statistic"))
+    out = [{} for _ in flagged]
+    for (s, k), row, p_row, excess_row in zip(pairs, others, p, excess):
+        corrected = stats_lib.CORRECTIONS[config.correction](p_row)
+        found = corrected <= config.alpha
+        out[s][int(k)] = {
+            "destination": int(row[np.where(found, excess_row, -np.inf).argmax()])
+            if found.any() else None,
+            "p_values": {int(j): float(q) for j, q in zip(row, corrected)}}
     return out
 
 

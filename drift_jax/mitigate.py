@@ -7,6 +7,9 @@ Strategies, every trained one a member of one `stack.train_stack` program (one r
   retrain     a fresh model trained on base + production data
   targeted    the base model fine-tuned on the changed classes' production data, with replay
               of the base data of the other classes (rehearsal)
+  replay      the base model fine-tuned on all the production data, with replay of the base
+              data of the unchanged classes (experience replay: the new concept, and new images
+              of the old classes, without forgetting the old ones)
   wise_ft     weight-space interpolation (1 - w) * base + w * fine_tune over a grid of w
               (WiSE-FT, Wortsman et al. 2022); no training of its own
   distill     production *model* only: the base model fine-tuned on base images whose targets
@@ -48,11 +51,12 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_folder, atomic_write_bytes, atomic_write_json
 from drift_jax.inversion import GrayData, invert
 from drift_jax.models import ModelSpec
-from drift_jax.report import MODEL_MEMBERS, REPORT_SCHEMA
+from drift_jax.report import MODEL_MEMBERS, REPORT_OPTIONAL, REPORT_SCHEMA
 from drift_jax.validate import bounded, check_fields
 
-STRATEGIES = ("fine_tune", "retrain", "targeted", "wise_ft", "distill")
-NEEDS_PRODUCTION_DATA = ("fine_tune", "retrain", "targeted", "wise_ft")
+STRATEGIES = ("fine_tune", "retrain", "targeted", "replay", "wise_ft", "distill")
+NEEDS_PRODUCTION_DATA = ("fine_tune", "retrain", "targeted", "replay", "wise_ft")
+TRAINED = ("fine_tune", "retrain", "targeted", "replay", "distill")
 REFERENCES = MODEL_MEMBERS  # base, production
 
 
@@ -110,7 +114,8 @@ def load_run(path: str | Path) -> Run:
         raise DriftJaxError(f"--run {path} does not exist or is not a folder; {fix}")
     if not (path / "report.json").exists():
         raise DriftJaxError(f"--run {path} is not a finished detect run (no report.json); {fix}")
-    report = validate.read_json(path / "report.json", REPORT_SCHEMA, "run report", fix)
+    report = validate.read_json(path / "report.json", REPORT_SCHEMA, "run report", fix,
+                                REPORT_OPTIONAL)
     config = config_lib.from_dict(detect_lib.DetectConfig, report["config"], "config")
     if not (path / "models" / "stack.json").exists():
         raise DriftJaxError(f"--run {path} has no models/ checkpoint (runs written before "
@@ -295,8 +300,9 @@ def train_candidates(run: Run, data: MitigationData, strategies: list[str], trai
         "retrain": np.concatenate([data.base, data.production]),
         "targeted": np.concatenate([data.production[in_flagged[data.production]],
                                     data.base[~in_flagged[data.base]]]),
+        "replay": np.concatenate([data.production, data.base[~in_flagged[data.base]]]),
         "distill": data.distill}
-    trained = [s for s in ("fine_tune", "retrain", "targeted", "distill")
+    trained = [s for s in TRAINED
                if s in strategies or (s == "fine_tune" and "wise_ft" in strategies)]
     for name in trained:
         if len(subsets[name]) == 0:

@@ -48,6 +48,10 @@ class DriftReport:
     class_names: list[str]
     scenario: dict
     environment: dict
+    # the per-class test's flagged classes and, per flagged class, where its concept went: the
+    # destination, whether it is named, the corrected p-value of every other class
+    # (`detect.partner_tests`, `detect.named_classes`)
+    localisation: dict = dataclasses.field(default_factory=dict)
     gray: GrayData | None = None
     # (ModelSpec, variables [2]): the base and production models, which `mitigate` starts from
     models: tuple | None = None
@@ -68,6 +72,11 @@ def summary_lines(report: DriftReport) -> list[str]:
     lines = [f"verdict: {verdict} ({decided_by})",
              f"scenario: {report.scenario['name']} (severity {report.scenario['severity']})",
              f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
+    for name, found in report.localisation.get("partners", {}).items():
+        if found["named"]:
+            lines.append(f"  class {name}'s production gray data reads as class "
+                         f"{found['destination']} to the base model (p = "
+                         f"{found['p_values'][found['destination']]:.3f})")
     for name, a in report.attacks.items():
         calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
                       f"{a['p_value']:.3f}" if a["control_scores"] else "")
@@ -133,7 +142,9 @@ IGNORED_KEYS = ("seed",)
 # report.json: `DriftReport.to_json()`.
 REPORT_SCHEMA = {"is_drift": bool, "p_value": (float, type(None)), "drifted_classes": list,
                  "attacks": dict, "baselines": dict, "accuracy": dict, "timings": dict,
-                 "config": dict, "class_names": list, "scenario": dict, "environment": dict}
+                 "config": dict, "class_names": list, "scenario": dict, "environment": dict,
+                 "localisation": dict}
+REPORT_OPTIONAL = ("localisation",)  # absent from runs written before partner localisation
 REPORT_FIX = "delete its run folder and run the sweep again to redo it."
 
 
@@ -179,7 +190,8 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     for path in sorted(sweep_dir.rglob("report.json")):
         if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
             continue  # a run still being written (atomic_folder's temporary sibling)
-        report = validate.read_json(path, REPORT_SCHEMA, "run report", REPORT_FIX)
+        report = validate.read_json(path, REPORT_SCHEMA, "run report", REPORT_FIX,
+                                    REPORT_OPTIONAL)
         if not isinstance(report["config"].get("alpha"), float):
             raise DriftJaxError(f"run report {path} has no config.alpha; {REPORT_FIX}")
         rows.append({"run": path.parent.name, "config": _flatten(report["config"]),

@@ -40,9 +40,10 @@ from drift_jax.report import write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 CHANGED = (0, 1)  # the classes the relabel / swap touch (a = 0, b = 1)
-# Every case's detection: 19 controls and the member fraction (the defaults when the digits and
-# MNIST rows were measured; mitigation only needs the flagged classes and the run's controls).
-DETECT = ["controls=19", 'stat="fraction"']
+# Every case's detection: 19 controls, the member fraction and 8 gray images per class (the
+# defaults when the rows were measured; mitigation only needs the flagged classes and the run's
+# controls).
+DETECT = ["controls=19", 'stat="fraction"', "inversion.samples_per_class=8"]
 # name -> (dataset, scenario, severity, detect overrides)
 CASES = {
     "digits_label_swap": ("digits", "label_swap", 5, []),

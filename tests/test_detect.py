@@ -9,7 +9,7 @@ import pytest
 from conftest import save_production_model
 
 from drift_jax import cli, data, stack
-from drift_jax.detect import DetectConfig, detect_drift
+from drift_jax.detect import DetectConfig, detect_drift, named_classes, partner_tests
 from drift_jax.errors import DriftJaxError
 
 
@@ -199,3 +199,34 @@ def test_distribution_statistics_run_end_to_end(stat):
                                        f"{stat}/largest_deficit")
         assert attack["statistics"][attack["statistic"]] == attack["p_value"]
     assert report.config["stat"] == stat
+
+
+def test_partner_tests_find_where_a_flagged_class_went_and_nothing_else():
+    """A flagged class whose production gray data the base model answers as another class names
+    that class; a flagged class with no such pull names none (every test Holm-corrected)."""
+    rng = np.random.default_rng(0)
+    seeds, controls, classes, samples = 2, 19, 5, 8
+    answers = np.broadcast_to(np.arange(classes)[:, None], (seeds, 2 + controls, classes,
+                                                            samples)).copy()
+    slips = rng.random(answers.shape) < 0.1  # the base model misreads a tenth of everyone's
+    answers[slips] = rng.integers(0, classes, slips.sum())
+    answers[0, 1, 1, :4] = 0  # seed 0: half of class 1's production gray data reads as class 0
+    keys = jax.random.split(jax.random.key(0), seeds)
+    found = partner_tests(answers, [np.array([1]), np.array([1, 3])], keys,
+                          DetectConfig(permutations=500))
+    assert list(found[0][1]["p_values"]) == [0, 2, 3, 4]
+    assert [p <= 0.05 for p in found[0][1]["p_values"].values()] == [True, False, False, False]
+    assert found[0][1]["destination"] == 0
+    assert all(p > 0.05 for k in (1, 3) for p in found[1][k]["p_values"].values())
+    assert found[1][1]["destination"] is None and found[1][3]["destination"] is None
+
+
+def test_named_classes_add_destinations_not_explained_by_another_flagged_class():
+    def partners(**destinations):
+        return {int(k[1:]): {"destination": d, "p_values": {}} for k, d in destinations.items()}
+
+    assert named_classes(partners(c1=0)) == [1, 0]  # a partial relabel 0 -> 1, flagged at 1
+    assert named_classes(partners(c0=1, c1=0)) == [0, 1]  # a full swap
+    # a full relabel 0 -> 1: class 0's gray data is noise that happens to read as 4
+    assert named_classes(partners(c0=4, c1=0)) == [0, 1]
+    assert named_classes(partners(c3=None)) == [3]

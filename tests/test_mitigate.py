@@ -48,7 +48,7 @@ def test_the_recommended_update_recovers_the_new_concept_without_forgetting(digi
     assert detected.is_drift and set(detected.drifted_classes) == {"0", "1"}
     rows = {r["name"]: r for r in digits_mitigation.candidates}
     assert list(rows)[:2] == ["base", "production"]
-    assert {"fine_tune", "retrain", "targeted", "distill", "wise_ft@0.25", "wise_ft@0.5",
+    assert {"fine_tune", "retrain", "targeted", "replay", "distill", "wise_ft@0.25", "wise_ft@0.5",
             "wise_ft@0.75"} <= set(rows)
     best = rows[digits_mitigation.recommended]
     # on the new concept the update beats the base model by far: class 0 is now labelled 1
@@ -124,6 +124,23 @@ def test_a_relabel_flagged_at_one_class_mitigates_both(digits_run):
     assert report.flagged_classes == ["1"] and report.changed_classes == ["0", "1"]
     fine_tune = report.candidates[2]
     assert fine_tune["retest"] is None and fine_tune["forgetting_points"] <= 1.0
+
+
+def test_each_strategy_trains_on_its_own_rows(digits_run, digits_mitigation):
+    """fine_tune: the production data; targeted: its changed classes plus the unchanged
+    classes' base data; replay: all of it plus the unchanged classes' base data; retrain: base
+    and production. Images seen = the run's epochs x those rows."""
+    run = mitigate_lib.load_run(digits_run[0])
+    names = run.report["class_names"]
+    built = mitigate_lib.build_data(run, MitigateConfig(), data.digits(), None, np.array(
+        [names.index(c) for c in digits_mitigation.flagged_classes]))
+    changed = np.isin(built.labels, built.changed)
+    production, kept_base = len(built.production), int((~changed[built.base]).sum())
+    rows = {r["name"]: r["images_seen"] / run.config.train.epochs
+            for r in digits_mitigation.candidates}
+    assert rows == {**rows, "fine_tune": production, "retrain": len(built.base) + production,
+                    "targeted": changed[built.production].sum() + kept_base,
+                    "replay": production + kept_base, "base": 0, "production": 0}
 
 
 def test_soft_one_hot_labels_train_as_integer_labels():

@@ -153,3 +153,22 @@ def test_the_min_rank_omnibus_stays_calibrated_and_takes_the_better_statistic():
     omnibus = np.mean([p <= 0.05 for p, _ in shifted])
     assert omnibus > np.mean([one[0] <= 0.05 for _, one in shifted]) + 0.3
     assert omnibus > 0.4 * np.mean([one[1] <= 0.05 for _, one in shifted])
+
+
+def test_prediction_p_value_is_calibrated_counts_models_once_and_finds_a_shift():
+    """A new model from the controls' distribution: P(p <= alpha) = alpha (exact for normal
+    scores); a shifted one is found. Pooling each model's images would reject far too often."""
+    rng = np.random.default_rng(0)
+    sims, controls, images = 20000, 49, 16
+    model_effect = rng.normal(0, 1, (sims, controls + 1))
+    per_image = model_effect[..., None] + rng.normal(0, 1, (sims, controls + 1, images))
+    scores = per_image.mean(-1)  # each model's class statistic
+    p = stats.prediction_p_value(scores[:, 1:].T, scores[:, 0])
+    assert abs((p <= 0.05).mean() - 0.05) < 0.006
+    assert stats.prediction_p_value(scores[:, 1:].T, scores[:, 0] - 4.0).mean() < 0.01
+    # the pooled per-image comparison the per-class test used to make: anti-conservative
+    pooled = sp_stats.ttest_ind(per_image[:, 0], per_image[:, 1:].reshape(sims, -1), axis=1,
+                                alternative="less").pvalue
+    assert (pooled <= 0.05).mean() > 0.2
+    with pytest.raises(DriftJaxError, match="two control"):
+        stats.prediction_p_value(scores[:1, 1:2].T, scores[:1, 0])
