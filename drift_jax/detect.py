@@ -7,7 +7,7 @@ score is then ranked among the controls' scores:
 
     p = (1 + #{control score <= production score}) / (M + 1)
 
-per attack; per class, the production model's statistic against the controls' by a t prediction
+per attack; per class, the production model's mean score against the controls' by a t prediction
 interval (Holm or Benjamini-Hochberg corrected over classes), and for each flagged class the class
 its concept went to (`partner_tests`); a permutation test of per-image
 scores, base gray vs production gray; and the original rule (``seed_rule``: production < 0.75 x
@@ -431,15 +431,17 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
                                        config.permutations)
     if calibrated:
         # Localisation: a rank among M controls cannot survive a correction over C classes
-        # unless M >= C / alpha, so each class's statistic is compared with the controls' by a
-        # t prediction interval (continuous; each model counted once), then corrected. On the
-        # logit scale: a class mean near its ceiling of 1 has a long lower tail across models,
-        # which the t interval would read as drift (offline on digits: the rate of undrifted
-        # models with a class flagged drops from 0.21 to 0.07).
+        # unless M >= C / alpha, so each class's mean continuous score is compared with the
+        # controls' by a t prediction interval (each model counted once), then corrected. The
+        # mean whatever the decision's statistic: a member fraction of a few images is discrete
+        # and often at its ceiling for every control, where any deviation would look infinite.
+        # On the logit scale: a class mean near its ceiling of 1 has a long lower tail across
+        # models, which the t interval would read as drift (offline on digits: the rate of
+        # undrifted models with a class flagged drops from 0.21 to 0.07).
         p_value = stats_lib.calibrated_p_value(overall[:, controls].T, overall[:, 1])
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
-        class_logits = special.logit(np.clip(per_class + (config.stat == "ks"), 1e-4, 1 - 1e-4))
+        class_logits = special.logit(np.clip(values.mean(-1), 1e-4, 1 - 1e-4))
         class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
                                                 class_logits[:, 1])
                    if len(controls) > 1 else rank_p)
