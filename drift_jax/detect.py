@@ -519,7 +519,7 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
 
     with clock("baselines"):
         found = _baselines(config, plans, data, images, holdout, logits, targets, spec)
-    out = []
+    out, flagged = [], []
     for s in range(num_seeds):
         # Step 7. With controls, the calibrated test decides, and classes are named only when
         # the global test rejects (gatekeeping: the per-class tests rest on a normal model of
@@ -529,24 +529,27 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
         if config.controls:
             is_drift = bool(primary["p_value"] <= config.alpha)
             corrected = np.asarray(primary["per_class"]["p_value_corrected"])
-            drifted = ([class_names[k] for k in np.flatnonzero(corrected <= config.alpha)]
-                       if is_drift else [])
+            flagged.append(np.flatnonzero(corrected <= config.alpha) if is_drift
+                           else np.zeros(0, int))
         else:
-            is_drift, drifted = primary["seed_rule"]["is_drift"], []
+            is_drift = primary["seed_rule"]["is_drift"]
+            flagged.append(np.zeros(0, int))
+        drifted = [class_names[k] for k in flagged[s]]
         out.append({"is_drift": is_drift, "p_value": primary["p_value"],
                     "drifted_classes": drifted, "attacks": attacks[s], "baselines": found[s],
                     "localisation": {"flagged": drifted, "partners": {}},
                     "accuracy": {"base": float(accuracy[s, 0]),
                                  "production": float(accuracy[s, 1]),
                                  "controls": accuracy[s, 2:].tolist()}})
-    flagged = [np.array([class_names.index(k) for k in o["drifted_classes"]], int) for o in out]
     if any(len(f) for f in flagged):
-        with clock("localise"):
-            flat = gray.images.reshape(-1, *gray.images.shape[3:])
-            answers = stack.predict(spec, targets, flat, np.arange(len(flat)).reshape(
-                num_seeds, -1)).argmax(-1).reshape(num_seeds, group, c, samples)
+        with clock("localise"):  # the base model's answers on every model's gray data
+            answers = stack.predict(
+                spec, targets, gray_images.reshape(-1, *gray_images.shape[2:]),
+                np.arange(gray_images.shape[0] * gray_images.shape[1]).reshape(num_seeds, -1))
             test_keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 77) for p in plans])
-            found_partners = partner_tests(answers, flagged, test_keys, config)
+            found_partners = partner_tests(answers.argmax(-1).reshape(num_seeds, group, c,
+                                                                      samples),
+                                           flagged, test_keys, config)
         for o, partners in zip(out, found_partners):
             named = destination_named(partners)
             o["localisation"]["partners"] = {class_names[k]: {

@@ -55,8 +55,9 @@ from drift_jax.report import MODEL_MEMBERS, REPORT_OPTIONAL, REPORT_SCHEMA
 from drift_jax.validate import bounded, check_fields
 
 STRATEGIES = ("fine_tune", "retrain", "targeted", "replay", "wise_ft", "distill")
-NEEDS_PRODUCTION_DATA = ("fine_tune", "retrain", "targeted", "replay", "wise_ft")
-TRAINED = ("fine_tune", "retrain", "targeted", "replay", "distill")
+NEEDS_PRODUCTION_DATA = tuple(s for s in STRATEGIES if s != "distill")
+# the stack's members, in this order (a member's training key is its position)
+TRAINED = tuple(s for s in STRATEGIES if s != "wise_ft")
 REFERENCES = MODEL_MEMBERS  # base, production
 
 
