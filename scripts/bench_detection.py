@@ -6,7 +6,8 @@ the false-positive rate. Writes benchmarks/power.json after every point (a kille
 resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/power_*.png.
 
   python scripts/bench_detection.py --datasets digits            # 31 points x 10 seeds, M = 19
-  python scripts/bench_detection.py --datasets mnist --seeds 5   # relabel / label_swap / none
+  python scripts/bench_detection.py --datasets mnist --seeds 5 --variant m19_3a \
+      --out benchmarks/power_mnist.json                         # relabel / label_swap / none
   python scripts/bench_detection.py --variant m49 --points none@0 relabel@2 label_swap@2 \
       --out benchmarks/power_m49.json                           # 49 controls, 3 attacks
   python scripts/bench_detection.py --report-only
@@ -58,12 +59,13 @@ ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
            "modified_entropy"]
 # Variants of the recipe (`--variant`), stored under "dataset[variant]": the number of controls
 # (the smallest p-value is 1 / (M + 1)), gray images per class (m49_s16 is the default config),
-# fewer attacks (faster).
+# fewer attacks (faster; m19_3a: MNIST, whose recipe sets its own gray images).
 VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m49": (["controls=49", "inversion.samples_per_class=8"],
                     ["rule_based", "loss", "black_box"]),
             "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
-                        ["rule_based", "loss", "black_box"])}
+                        ["rule_based", "loss", "black_box"]),
+            "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"])}
 # MNIST: the lighter recipe of the earlier detection benchmark (benchmarks/detection*.json).
 OVERRIDES = {"digits": [], "mnist": [
     "train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
