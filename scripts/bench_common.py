@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: the machine record, the conv reference rate, and
-the regenerated sections of BENCHMARKS.md."""
+"""Helpers shared by the benchmark scripts: the machine record, the benchmark datasets, the conv
+reference rate, and the regenerated sections of BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def machine() -> dict:
@@ -15,6 +16,35 @@ def machine() -> dict:
 
     env = runtime.environment()
     return {k: env[k] for k in ("processor", "cpu_count", "jax", "backend", "python")}
+
+
+# The benchmarks' recipe per dataset (config overrides). MNIST: 3 epochs and 4 regularised gray
+# images per class at 1,000 steps (MIFace's do not transfer there, docs/RESULTS.md). CIFAR-10
+# reduced for 2 CPU cores (with `load_dataset`'s 6,000 images: base 1,500, production 1,200):
+# 5 epochs, 8 regularised gray images per class at 500 steps.
+RECIPES = {
+    "digits": [],
+    "mnist": ["train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
+              "inversion.regularized.steps=1000", "inversion.regularized.learning_rate=0.1",
+              "inversion.regularized.flip=false"],
+    "cifar10": ["train.epochs=5", 'inversion.method="regularized"',
+                "inversion.samples_per_class=8", "inversion.regularized.steps=500",
+                "inversion.regularized.learning_rate=0.05"],
+}
+
+
+def load_dataset(name: str):
+    """digits (embedded), mnist (the MNIST test set, IDX) or cifar10: CIFAR-10 reduced for 2 CPU
+    cores, a stratified 6,000-image subset (12 %) of the JPEG training split."""
+    from drift_jax import data
+
+    if name == "digits":
+        return data.digits()
+    if name == "mnist":
+        return data.load(f"idx:{SHARED / 'mnist-test'}")
+    full = data.load(f"folder:{SHARED / 'cifar10-jpeg.tar.gz'}?split=train")
+    keep = data.stratified_split(full.labels, [0.12], 0, full.num_classes)[0]
+    return full.subset(keep, "cifar10[6000]")
 
 
 def conv_rate(batch: int) -> float:

@@ -10,6 +10,8 @@ resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/p
       --out benchmarks/power_mnist.json                         # relabel / label_swap / none
   python scripts/bench_detection.py --variant m49 --points none@0 relabel@2 label_swap@2 \
       --out benchmarks/power_m49.json                           # 49 controls, 3 attacks
+  python scripts/bench_detection.py --datasets cifar10 --seeds 3 --none-seeds 3 --variant m19_3a \
+      --out benchmarks/power_cifar10_cpu.json                   # CIFAR-10 reduced for 2 cores
   python scripts/bench_detection.py --report-only
 """
 
@@ -28,14 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import machine, update_section  # noqa: E402
+from bench_common import RECIPES, load_dataset, machine, update_section  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
-from drift_jax import data  # noqa: E402
 from drift_jax.detect import DetectConfig, detect_drift_seeds  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist-test"
 ALPHA = 0.05
 SEVERITIES = (1, 2, 3, 4, 5)
 # scenario name -> (DetectConfig scenario, scenario_params); changed classes for localisation
@@ -51,26 +51,25 @@ SCENARIOS = {
 PLANS = {
     "digits": [("none", 0), *[(s, v) for v in (2, 5, 1, 3, 4) for s in SCENARIOS]],
     "mnist": [("none", 0), *[(s, v) for v in (2, 5, 3, 1, 4) for s in ("relabel", "label_swap")]],
+    # the issue's CIFAR-10 grid: relabel and class_transform at severities 2-5
+    "cifar10": [("none", 0), *[(s, v) for v in (3, 5, 2, 4)
+                               for s in ("relabel", "class_transform:rotate",
+                                         "class_transform:invert")]],
 }
 PRIMARY = "rule_based:omnibus/min_rank"  # the default decision
-# none needs 10 seeds on every dataset (the false-positive rate); others take --seeds
+# none needs 10 seeds (the false-positive rate; --none-seeds); others take --seeds
 NONE_SEEDS = 10
 ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
            "modified_entropy"]
 # Variants of the recipe (`--variant`), stored under "dataset[variant]": the number of controls
 # (the smallest p-value is 1 / (M + 1)), gray images per class (m49_s16 is the default config),
-# fewer attacks (faster; m19_3a: MNIST, whose recipe sets its own gray images).
+# fewer attacks (faster; m19_3a: MNIST and CIFAR-10, whose recipes set their own gray images).
 VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m49": (["controls=49", "inversion.samples_per_class=8"],
                     ["rule_based", "loss", "black_box"]),
             "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
                         ["rule_based", "loss", "black_box"]),
             "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"])}
-# MNIST: the lighter recipe of the earlier detection benchmark (benchmarks/detection*.json).
-OVERRIDES = {"digits": [], "mnist": [
-    "train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
-    "inversion.regularized.steps=1000", "inversion.regularized.learning_rate=0.1",
-    "inversion.regularized.flip=false"]}
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
@@ -79,7 +78,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
     overrides, attacks = VARIANTS[variant]
     cfg = config_lib.with_overrides(DetectConfig(base=name), [
         f'scenario="{kind}"', f"severity={severity}", f"scenario_params={json.dumps(params)}",
-        f"attacks={json.dumps(attacks)}", *overrides, *OVERRIDES[name]])
+        f"attacks={json.dumps(attacks)}", *overrides, *RECIPES[name]])
     start = time.perf_counter()
     reports = detect_drift_seeds(cfg, seeds, base=ds, progress=False)
     seconds = time.perf_counter() - start
@@ -104,6 +103,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["digits"])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--variant", default="m19", choices=list(VARIANTS))
+    parser.add_argument("--none-seeds", type=int, default=NONE_SEEDS,
+                        help="seeds of the `none` point (its false-positive rate)")
     parser.add_argument("--points", nargs="+", help="scenario@severity to run (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "power.json"))
     parser.add_argument("--report-only", action="store_true",
@@ -114,12 +115,12 @@ def main() -> None:
     points = json.loads(out.read_text())["points"] if out.exists() else {}
     if not args.report_only:
         for name in args.datasets:
-            ds = data.digits() if name == "digits" else data.load(f"idx:{MNIST}")
+            ds = load_dataset(name)
             for scenario, severity in PLANS[name]:
                 if args.points and f"{scenario}@{severity}" not in args.points:
                     continue
                 key = f"{name}[{args.variant}]/{scenario}/{severity}"
-                seeds = list(range(NONE_SEEDS if scenario == "none" else args.seeds))
+                seeds = list(range(args.none_seeds if scenario == "none" else args.seeds))
                 if len(points.get(key, [])) >= len(seeds):
                     continue
                 points[key] = run_point(ds, name, scenario, severity, seeds, args.variant)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import machine, update_section  # noqa: E402
+from bench_common import RECIPES, load_dataset, machine, update_section  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
 from drift_jax import data, stack  # noqa: E402
@@ -38,38 +38,18 @@ from drift_jax.detect import DetectConfig, detect_drift  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
 from drift_jax.report import write_report  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
 CHANGED = (0, 1)  # the classes the relabel / swap touch (a = 0, b = 1)
 # Every case's detection: 19 controls, the member fraction and 8 gray images per class (the
 # defaults when the rows were measured; mitigation only needs the flagged classes and the run's
 # controls).
 DETECT = ["controls=19", 'stat="fraction"', "inversion.samples_per_class=8"]
-# name -> (dataset, scenario, severity, detect overrides)
+# name -> (dataset, scenario, severity); each dataset runs its `bench_common.RECIPES` recipe
 CASES = {
-    "digits_label_swap": ("digits", "label_swap", 5, []),
-    "digits_relabel": ("digits", "relabel", 5, []),
-    # MNIST: the detection benchmark's lighter recipe (scripts/bench_detection.py)
-    "mnist_relabel": ("mnist", "relabel", 3, [
-        "train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
-        "inversion.regularized.steps=1000", "inversion.regularized.learning_rate=0.1",
-        "inversion.regularized.flip=false"]),
-    # CIFAR-10 reduced for 2 CPU cores: a stratified 6,000-image subset of the training split
-    # (base 1,500, production 1,200), 5 epochs, 19 controls, 8 regularised gray images per
-    # class and model at 500 steps
-    "cifar10_relabel": ("cifar10", "relabel", 3, [
-        "train.epochs=5", 'inversion.method="regularized"', "inversion.samples_per_class=8",
-        "inversion.regularized.steps=500", "inversion.regularized.learning_rate=0.05"]),
+    "digits_label_swap": ("digits", "label_swap", 5),
+    "digits_relabel": ("digits", "relabel", 5),
+    "mnist_relabel": ("mnist", "relabel", 3),
+    "cifar10_relabel": ("cifar10", "relabel", 3),
 }
-
-
-def load(name: str) -> data.Dataset:
-    if name == "digits":
-        return data.digits()
-    if name == "mnist":
-        return data.load(f"idx:{SHARED / 'mnist-test'}")
-    full = data.load(f"folder:{SHARED / 'cifar10-jpeg.tar.gz'}?split=train")
-    keep = data.stratified_split(full.labels, [0.12], 0, full.num_classes)[0]
-    return full.subset(keep, "cifar10[6000]")
 
 
 def oracle_accuracy(run: mitigate_lib.Run, built) -> float:
@@ -92,9 +72,10 @@ def oracle_accuracy(run: mitigate_lib.Run, built) -> float:
 
 
 def one_run(case: str, ds: data.Dataset, seed: int) -> dict:
-    dataset, scenario, severity, overrides = CASES[case]
+    dataset, scenario, severity = CASES[case]
     cfg = config_lib.with_overrides(DetectConfig(base=dataset), [
-        f'scenario="{scenario}"', f"severity={severity}", f"seed={seed}", *DETECT, *overrides])
+        f'scenario="{scenario}"', f"severity={severity}", f"seed={seed}", *DETECT,
+        *RECIPES[dataset]])
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         report = detect_drift(cfg, base=ds, progress=False)
@@ -138,7 +119,7 @@ def main() -> None:
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
     if not args.report_only:
         for case in args.cases:
-            ds = load(CASES[case][0])
+            ds = load_dataset(CASES[case][0])
             for seed in range(args.seeds):
                 key = f"{case}/{seed}"
                 if key in runs:
