@@ -74,7 +74,7 @@ VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
               variant: str = "m19") -> list[dict]:
-    kind, params, _ = SCENARIOS.get(scenario, ("none", {}, None))
+    kind, params, changed = SCENARIOS.get(scenario, ("none", {}, None))
     overrides, attacks = VARIANTS[variant]
     cfg = config_lib.with_overrides(DetectConfig(base=name), [
         f'scenario="{kind}"', f"severity={severity}", f"scenario_params={json.dumps(params)}",
@@ -92,6 +92,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
             for a, r in report.attacks.items()}
         out.append({"seed": seed, "p_values": p_values, "classes": classes,
                     "named": report.drifted_classes,  # gated, with partners
+                    "changed": [ds.class_names[c] for c in sorted(changed or ())],
                     "partners": report.localisation.get("partners", {}),
                     "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds)})
     return out
@@ -155,7 +156,8 @@ def localisation_lines(points: dict, keys: list[str]) -> list[str]:
         if not changed or not runs:
             continue
         named = [set(r["named"]) for r in runs]
-        changed = {str(c) for c in changed}  # the digit datasets' class names are their indices
+        # the changed classes' names (older records: the digit sets', whose names are indices)
+        changed = set(runs[0].get("changed") or map(str, changed))
         lines.append(f"- {k.split('/')[1]}@{k.split('/')[2]}: of {len(runs)} detected runs, the "
                      f"changed classes {', '.join(sorted(changed))} named in "
                      f"{sum(changed <= n for n in named)} (exactly them in "
