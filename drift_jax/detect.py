@@ -445,12 +445,19 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
         class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
                                                 class_logits[:, 1])
                    if len(controls) > 1 else rank_p)
-        every = {}
-        for stat, combine in [*itertools.product(stats_lib.STATISTICS, stats_lib.COMBINATIONS),
-                              ("omnibus", "min_rank")]:
-            overall_k = _overall_scores(values, probability, stat, combine, True)[1]
-            every[f"{stat}/{combine}"] = stats_lib.calibrated_p_value(
-                overall_k[:, controls].T, overall_k[:, 1])
+        # every statistic's per-class values [S, models, C] (so that any combination can be
+        # evaluated offline from a report) and calibrated p-value of each combination
+        class_statistics = {stat: stats_lib.per_class_statistic(values, probability, stat)
+                            for stat in stats_lib.STATISTICS}
+        models = np.arange(1, num_models)
+        combined = {(stat, combine): stats_lib.combine_classes(class_statistics[stat], models,
+                                                               combine)
+                    for stat, combine in itertools.product(stats_lib.STATISTICS,
+                                                           stats_lib.COMBINATIONS)}
+        combined["omnibus", "min_rank"] = stats_lib.min_rank(
+            np.stack([combined[part] for part in OMNIBUS]), models)
+        every = {f"{stat}/{combine}": stats_lib.calibrated_p_value(o[:, controls].T, o[:, 1])
+                 for (stat, combine), o in combined.items()}
     out = []
     for s in range(num_seeds):
         base_frac, prod_frac = decisions[s, 0].mean(), decisions[s, 1].mean()
@@ -460,6 +467,9 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
             "p_value": float(p_value[s]) if calibrated else None,
             "statistic": f"{config.stat}/{config.combination}",
             "statistics": ({k: float(v[s]) for k, v in every.items()} if calibrated else None),
+            # [models, C] per statistic: base, production, then the controls
+            "class_statistics": ({k: np.round(v[s], 6).tolist()
+                                  for k, v in class_statistics.items()} if calibrated else None),
             "base_member_fraction": float(base_frac),
             "production_member_fraction": float(prod_frac),
             "per_class": {

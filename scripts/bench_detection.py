@@ -12,6 +12,8 @@ resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/p
       --out benchmarks/power_m49.json                           # 49 controls, 3 attacks
   python scripts/bench_detection.py --datasets cifar10 --seeds 3 --none-seeds 3 --variant m19_3a \
       --out benchmarks/power_cifar10_cpu.json                   # CIFAR-10 reduced for 2 cores
+  python scripts/bench_detection.py --datasets cifar10_full --seeds 5 --variant m49_3a \
+      --points relabel@3 none@0 --out $OUT/power_cifar10_gpu.json   # a GPU: the issue's recipe
   python scripts/bench_detection.py --report-only
 """
 
@@ -56,6 +58,7 @@ PLANS = {
                                for s in ("relabel", "class_transform:rotate",
                                          "class_transform:invert")]],
 }
+PLANS["cifar10_full"] = PLANS["cifar10"]
 PRIMARY = "rule_based:omnibus/min_rank"  # the default decision
 # none needs 10 seeds (the false-positive rate; --none-seeds); others take --seeds
 NONE_SEEDS = 10
@@ -63,13 +66,15 @@ ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
            "modified_entropy"]
 # Variants of the recipe (`--variant`), stored under "dataset[variant]": the number of controls
 # (the smallest p-value is 1 / (M + 1)), gray images per class (m49_s16 is the default config),
-# fewer attacks (faster; m19_3a: MNIST and CIFAR-10, whose recipes set their own gray images).
+# fewer attacks (faster; m19_3a / m49_3a: MNIST and CIFAR-10, whose recipes set their own gray
+# images).
 VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m49": (["controls=49", "inversion.samples_per_class=8"],
                     ["rule_based", "loss", "black_box"]),
             "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
                         ["rule_based", "loss", "black_box"]),
-            "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"])}
+            "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"]),
+            "m49_3a": (["controls=49"], ["rule_based", "loss", "black_box"])}
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
@@ -94,7 +99,10 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
                     "named": report.drifted_classes,  # gated, with partners
                     "changed": [ds.class_names[c] for c in sorted(changed or ())],
                     "partners": report.localisation.get("partners", {}),
-                    "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds)})
+                    "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds),
+                    # the primary attack's per-class statistics of every model (base,
+                    # production, controls): other combinations can be evaluated offline
+                    "class_statistics": report.attacks[cfg.primary_attack]["class_statistics"]})
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import save_production_model
 
-from drift_jax import cli, data, stack
+from drift_jax import cli, data, stack, stats
 from drift_jax.detect import DetectConfig, detect_drift, named_classes, partner_tests
 from drift_jax.errors import DriftJaxError
 
@@ -198,6 +198,12 @@ def test_distribution_statistics_run_end_to_end(stat):
         assert attack["statistic"] == ("omnibus/min_rank" if stat == "omnibus" else
                                        f"{stat}/largest_deficit")
         assert attack["statistics"][attack["statistic"]] == attack["p_value"]
+        # every model's per-class statistics: any combination can be recomputed offline
+        per_class = np.asarray(attack["class_statistics"]["mean"])
+        assert per_class.shape == (2 + 3, 4)
+        overall = stats.combine_classes(per_class, np.arange(1, 5), "largest_deficit")
+        assert stats.calibrated_p_value(overall[2:], overall[1]) == pytest.approx(
+            attack["statistics"]["mean/largest_deficit"])
     assert report.config["stat"] == stat
 
 
