@@ -67,23 +67,26 @@ ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
 # Variants of the recipe (`--variant`), stored under "dataset[variant]": the number of controls
 # (the smallest p-value is 1 / (M + 1)), gray images per class (m49_s16 is the default config),
 # fewer attacks (faster; m19_3a / m49_3a: MNIST and CIFAR-10, whose recipes set their own gray
-# images).
+# images; m19_s16_3a: 16 of them). A variant's settings override the dataset's recipe.
 VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m49": (["controls=49", "inversion.samples_per_class=8"],
                     ["rule_based", "loss", "black_box"]),
             "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
                         ["rule_based", "loss", "black_box"]),
             "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"]),
-            "m49_3a": (["controls=49"], ["rule_based", "loss", "black_box"])}
+            "m49_3a": (["controls=49"], ["rule_based", "loss", "black_box"]),
+            "m19_s16_3a": (["controls=19", "inversion.samples_per_class=16"],
+                           ["rule_based", "loss", "black_box"])}
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
               variant: str = "m19") -> list[dict]:
     kind, params, changed = SCENARIOS.get(scenario, ("none", {}, None))
     overrides, attacks = VARIANTS[variant]
+    # a variant's overrides come last: they refine the dataset's recipe
     cfg = config_lib.with_overrides(DetectConfig(base=name), [
         f'scenario="{kind}"', f"severity={severity}", f"scenario_params={json.dumps(params)}",
-        f"attacks={json.dumps(attacks)}", *overrides, *RECIPES[name]])
+        f"attacks={json.dumps(attacks)}", *RECIPES[name], *overrides])
     start = time.perf_counter()
     reports = detect_drift_seeds(cfg, seeds, base=ds, progress=False)
     seconds = time.perf_counter() - start
