@@ -392,22 +392,20 @@ def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData,
                                     np.stack(nonmembers), keys, shadows)
 
 
-def _overall_scores(values: np.ndarray, probability: np.ndarray, stat: str, combine: str,
-                    calibrated: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class statistics [S, models, C] and one score per model [S, models] from per-image
-    continuous scores and member probabilities [S, models, C, samples] (model 0 the base model,
-    1 the production model, then the controls). Without controls there is nothing to
-    standardise against, so classes are averaged. ``omnibus`` combines the `OMNIBUS` scores by
-    their ranks (`stats.min_rank`); its per-class statistics are the first one's."""
-    if stat == "omnibus":
-        parts = [_overall_scores(values, probability, s, c, calibrated) for s, c in OMNIBUS]
-        if not calibrated:
-            return parts[0]
-        models = np.arange(1, values.shape[1])
-        return parts[0][0], stats_lib.min_rank(np.stack([o for _, o in parts]), models)
-    per_class = stats_lib.per_class_statistic(values, probability, stat)
-    combine = combine if calibrated else "class_mean"
-    return per_class, stats_lib.combine_classes(per_class, np.arange(1, values.shape[1]), combine)
+def _combined_scores(class_statistics: dict) -> dict:
+    """Every statistic's per-class values [S, models, C] (model 0 the base model, 1 the
+    production model, then the controls) -> one score per model [S, models] for every
+    (statistic, combination) of `stats.STATISTICS` x `stats.COMBINATIONS`, and for ("omnibus",
+    "min_rank"): the `OMNIBUS` scores combined by their ranks (`stats.min_rank`). The production
+    model and the controls are standardised and ranked alike, so each rank p-value stays exact."""
+    models = np.arange(1, next(iter(class_statistics.values())).shape[1])
+    combined = {(stat, combine): stats_lib.combine_classes(class_statistics[stat], models,
+                                                           combine)
+                for stat, combine in itertools.product(stats_lib.STATISTICS,
+                                                       stats_lib.COMBINATIONS)}
+    combined["omnibus", "min_rank"] = stats_lib.min_rank(
+        np.stack([combined[part] for part in OMNIBUS]), models)
+    return combined
 
 
 def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
@@ -421,8 +419,16 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
     num_seeds, num_models, c = values.shape[:3]
     controls = np.arange(2, num_models)
     calibrated = len(controls) > 0
-    per_class, overall = _overall_scores(values, probability, config.stat, config.combination,
-                                         calibrated)
+    # every statistic's per-class values [S, models, C], reported so that any combination can be
+    # evaluated offline; the omnibus localises by its first statistic's
+    class_statistics = {stat: stats_lib.per_class_statistic(values, probability, stat)
+                        for stat in stats_lib.STATISTICS}
+    per_class = class_statistics[OMNIBUS[0][0] if config.stat == "omnibus" else config.stat]
+    if calibrated:
+        combined = _combined_scores(class_statistics)
+        overall = combined[config.stat, config.combination]
+    else:  # nothing to standardise against: classes are averaged
+        overall = per_class.mean(-1)
     # the per-image scores the permutation tests compare
     scores = probability if config.stat == "fraction" else values
     keys = jax.vmap(lambda k: jax.random.fold_in(k, attack_index))(test_keys)
@@ -438,26 +444,15 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
         # On the logit scale: a class mean near its ceiling of 1 has a long lower tail across
         # models, which the t interval would read as drift (offline on digits: the rate of
         # undrifted models with a class flagged drops from 0.21 to 0.07).
-        p_value = stats_lib.calibrated_p_value(overall[:, controls].T, overall[:, 1])
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
         class_logits = special.logit(np.clip(values.mean(-1), 1e-4, 1 - 1e-4))
         class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
                                                 class_logits[:, 1])
                    if len(controls) > 1 else rank_p)
-        # every statistic's per-class values [S, models, C] (so that any combination can be
-        # evaluated offline from a report) and calibrated p-value of each combination
-        class_statistics = {stat: stats_lib.per_class_statistic(values, probability, stat)
-                            for stat in stats_lib.STATISTICS}
-        models = np.arange(1, num_models)
-        combined = {(stat, combine): stats_lib.combine_classes(class_statistics[stat], models,
-                                                               combine)
-                    for stat, combine in itertools.product(stats_lib.STATISTICS,
-                                                           stats_lib.COMBINATIONS)}
-        combined["omnibus", "min_rank"] = stats_lib.min_rank(
-            np.stack([combined[part] for part in OMNIBUS]), models)
         every = {f"{stat}/{combine}": stats_lib.calibrated_p_value(o[:, controls].T, o[:, 1])
                  for (stat, combine), o in combined.items()}
+        p_value = every[f"{config.stat}/{config.combination}"]
     out = []
     for s in range(num_seeds):
         base_frac, prod_frac = decisions[s, 0].mean(), decisions[s, 1].mean()
