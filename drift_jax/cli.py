@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from drift_jax.errors import DriftJaxError
@@ -331,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime.disable_compilation_cache()
     try:
-        return args.func(args)
+        with interrupts_not_swallowed():
+            return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -343,6 +348,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"drift-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def interrupts_not_swallowed():
+    """Python ignores an exception raised inside a `gc` callback (JAX registers one) or a
+    finaliser and only reports it to `sys.unraisablehook`: a Ctrl-C landing there would be lost
+    and the run go on. This sends the signal again from a timer thread, once the hook has
+    returned (raised in the hook itself, it would be ignored too), so that the main thread's
+    next ordinary line raises it."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _one_line(error: BaseException) -> str:

@@ -3,6 +3,7 @@ run is never lost, a failed command leaves no half-written folder, everything is
 any work, memory is estimated before allocating, files of ours are checked on reading, zero means
 zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class."""
 
+import gc
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drift_jax import data, faults, stack
+from drift_jax import cli, data, faults, stack
 from drift_jax.errors import DriftJaxError
 from drift_jax.inversion import GrayData
 from drift_jax.models import ModelSpec
@@ -326,6 +327,27 @@ def test_messages_name_the_real_cause(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 8. interrupts
+
+
+def test_a_ctrl_c_that_lands_in_a_gc_callback_is_not_lost():
+    # Python ignores exceptions raised in gc callbacks (JAX has one): without the re-delivery
+    # the interrupt below vanishes and the sleep runs its full minute.
+    def interrupt(phase, info):
+        if phase == "start":
+            raise KeyboardInterrupt
+
+    # Python's own Ctrl-C handler (a suite started in the background inherits SIGINT ignored)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    gc.callbacks.append(interrupt)
+    start = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt), cli.interrupts_not_swallowed():
+            gc.collect()
+            time.sleep(60)  # until the re-delivered signal interrupts it
+    finally:
+        gc.callbacks.remove(interrupt)
+        signal.signal(signal.SIGINT, handler)
+    assert time.time() - start < 30
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
