@@ -50,7 +50,9 @@ class DriftReport:
     environment: dict
     # the per-class test's flagged classes and, per flagged class, where its concept went: the
     # destination, whether it is named, the corrected p-value of every other class
-    # (`detect.partner_tests`, `detect.named_classes`)
+    # (`detect.partner_tests`, `detect.named_classes`); and "confusion" [models, C, C]: the base
+    # model's mean class probabilities on every model's gray data of each class (row k: the gray
+    # images of class k; models: base, production, controls)
     localisation: dict = dataclasses.field(default_factory=dict)
     gray: GrayData | None = None
     # (ModelSpec, variables [2]): the base and production models, which `mitigate` starts from

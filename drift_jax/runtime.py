@@ -144,7 +144,7 @@ class CompileCounter:
 class StageClock:
     """Wall seconds and compilations per named stage of a run:
     ``with clock("train"): ...``; ``clock.seconds`` {stage: s}, ``clock.compiles``
-    {stage: {count, seconds, cache_hits}}."""
+    {stage: {count, seconds, cache_hits}}; a stage timed twice adds up."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -156,4 +156,6 @@ class StageClock:
         with CompileCounter() as counter:
             yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-        self.compiles[stage] = counter.record()
+        earlier = self.compiles.get(stage, {})
+        self.compiles[stage] = {k: round(v + earlier.get(k, 0), 3)
+                                for k, v in counter.record().items()}

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import special
 from scipy import stats as sp_stats
 
 from drift_jax import validate
@@ -110,7 +111,9 @@ def permutation_test(x, y, key: jax.Array, num_permutations: int = 2000) -> dict
     return {"statistic": float(out["statistic"][0]), "p_value": float(out["p_value"][0])}
 
 
-STATISTICS = ("fraction", "mean", "auc", "ks")
+STATISTICS = ("fraction", "mean", "logit_mean", "auc", "ks")
+# the logit's clip: a class mean of six 9s is at the ceiling already (reports keep six decimals)
+LOGIT_CLIP = 1e-6
 
 
 def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> np.ndarray:
@@ -120,7 +123,9 @@ def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> n
     values: continuous member scores [..., models, C, S], higher = more member-like, model 0 the
     base model; members: member probabilities (an attack's 0/1 answers for a rule), same shape.
     Returns [..., models, C]: ``fraction``: the mean member probability (for a rule, the fraction
-    of images called members: the original protocol's score); ``mean`` score;
+    of images called members: the original protocol's score); ``mean`` score; ``logit_mean``:
+    the mean score (a probability) on the logit scale, where a class near its ceiling of 1 is not
+    compressed against it, so a standardised deficit reads alike in every class;
     ``auc`` P(score > a base image's score) + P(tie) / 2 in the class (Mann-Whitney); ``ks`` minus
     the two-sample KS distance to the base model's scores.
     """
@@ -128,6 +133,8 @@ def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> n
         return members.mean(-1)
     if stat == "mean":
         return values.mean(-1)
+    if stat == "logit_mean":
+        return special.logit(np.clip(values.mean(-1), LOGIT_CLIP, 1 - LOGIT_CLIP))
     base = np.broadcast_to(values[..., :1, :, :], values.shape)
     if stat == "auc":
         above = (values[..., :, None] > base[..., None, :]).mean((-1, -2))

@@ -80,7 +80,7 @@ VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
-              variant: str = "m19") -> list[dict]:
+              variant: str = "m19", confusion: bool = False) -> list[dict]:
     kind, params, changed = SCENARIOS.get(scenario, ("none", {}, None))
     overrides, attacks = VARIANTS[variant]
     # a variant's overrides come last: they refine the dataset's recipe
@@ -92,6 +92,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
     seconds = time.perf_counter() - start
     out = []
     for seed, report in zip(seeds, reports):
+        decision = report.attacks[cfg.primary_attack]["statistic"]
         p_values = {f"{a}:{k}": v for a, r in report.attacks.items()
                     for k, v in r["statistics"].items()}
         p_values.update({f"baseline:{b}": r["p_value"] for b, r in report.baselines.items()})
@@ -103,9 +104,13 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
                     "changed": [ds.class_names[c] for c in sorted(changed or ())],
                     "partners": report.localisation.get("partners", {}),
                     "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds),
+                    # the statistic that decided (and gated `named`): the default may change
+                    "decided_by": f"{cfg.primary_attack}:{decision}",
                     # the primary attack's per-class statistics of every model (base,
                     # production, controls): other combinations can be evaluated offline
                     "class_statistics": report.attacks[cfg.primary_attack]["class_statistics"]})
+        if confusion:  # [models, C, C]: for statistics of the base model's answers (offline)
+            out[-1]["confusion"] = np.round(report.localisation["confusion"], 4).tolist()
     return out
 
 
@@ -119,6 +124,9 @@ def main() -> None:
                         help="seeds of the `none` point (its false-positive rate)")
     parser.add_argument("--points", nargs="+", help="scenario@severity to run (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "power.json"))
+    parser.add_argument("--confusion", action="store_true",
+                        help="store every model's confusion on gray data (report.localisation), "
+                             "for scripts/offline_statistics.py")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite BENCHMARKS.md and the figures from the saved points")
     args = parser.parse_args()
@@ -135,7 +143,8 @@ def main() -> None:
                 seeds = list(range(args.none_seeds if scenario == "none" else args.seeds))
                 if len(points.get(key, [])) >= len(seeds):
                     continue
-                points[key] = run_point(ds, name, scenario, severity, seeds, args.variant)
+                points[key] = run_point(ds, name, scenario, severity, seeds, args.variant,
+                                        args.confusion)
                 print(f"{key}: {summary(points[key])}", flush=True)
                 atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points})
     # the report covers every points file (variants may run as separate processes)
@@ -163,7 +172,7 @@ def localisation_lines(points: dict, keys: list[str]) -> list[str]:
     for k in keys:
         changed = SCENARIOS.get(k.split("/")[1], (None, None, None))[2]
         runs = [r for r in points[k] if "named" in r
-                and r["p_values"].get(PRIMARY, 1.0) <= ALPHA]
+                and r["p_values"].get(r.get("decided_by", PRIMARY), 1.0) <= ALPHA]
         if not changed or not runs:
             continue
         named = [set(r["named"]) for r in runs]
@@ -206,7 +215,7 @@ def write_markdown(points: dict) -> None:
                  for scenario in scenarios for k in keys if k.split("/")[1] in (scenario, "none")]
         shown = [m for m in methods if m.split(":")[0] == "rule_based" and m.endswith((
             "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
-            "omnibus/min_rank"))]
+            "logit_mean/largest_deficit", "omnibus/min_rank"))]
         shown += [m for m in methods if m.startswith("baseline:")]
         slug = name.replace("[", "_").replace("]", "")
         figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,

@@ -9,7 +9,7 @@ import pytest
 from conftest import save_production_model
 
 from drift_jax import cli, data, stack, stats
-from drift_jax.detect import DetectConfig, detect_drift, named_classes, partner_tests
+from drift_jax.detect import OMNIBUS, DetectConfig, detect_drift, named_classes, partner_tests
 from drift_jax.errors import DriftJaxError
 
 
@@ -22,6 +22,14 @@ def test_digits_default_pipeline_flags_a_swap_and_not_none(scenario, drift):
     else:
         assert report.drifted_classes == [] and report.p_value > 0.05
     assert report.accuracy["base"] > 0.9
+    # the base model's mean class probabilities on every model's gray data of each class:
+    # its own transfer, and a swapped class read as its partner by the production model alone
+    confusion = np.asarray(report.localisation["confusion"])
+    assert confusion.shape == (2 + 49, 10, 10)
+    np.testing.assert_allclose(confusion.sum(-1), 1.0, atol=1e-4)
+    assert np.diag(confusion[0]).mean() > 0.9
+    read_as_partner = confusion[:, [0, 1], [1, 0]]  # P(1 | gray 0), P(0 | gray 1)
+    assert bool((read_as_partner[1] > read_as_partner[2:].max(0)).all()) is drift
 
 
 SMALL = ["controls=3", "train.epochs=2", "inversion.samples_per_class=2",
@@ -182,7 +190,7 @@ def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_
     assert not (tmp_path / "off_cache" / "xla").exists()
 
 
-@pytest.mark.parametrize("stat", ["auc", "ks", "mean", "omnibus"])
+@pytest.mark.parametrize("stat", ["auc", "ks", "mean", "logit_mean", "omnibus"])
 def test_distribution_statistics_run_end_to_end(stat):
     from drift_jax.config import with_overrides
 
@@ -194,16 +202,22 @@ def test_distribution_statistics_run_end_to_end(stat):
         assert 0 < attack["p_value"] <= 1 and len(attack["control_scores"]) == 3
         assert np.isfinite(attack["production_score"])
         # every statistic x combination from the same scores; the configured one decides
-        assert len(attack["statistics"]) == 13
+        assert len(attack["statistics"]) == 5 * 3 + 1
         assert attack["statistic"] == ("omnibus/min_rank" if stat == "omnibus" else
                                        f"{stat}/largest_deficit")
         assert attack["statistics"][attack["statistic"]] == attack["p_value"]
         # every model's per-class statistics: any combination can be recomputed offline
-        per_class = np.asarray(attack["class_statistics"]["mean"])
-        assert per_class.shape == (2 + 3, 4)
-        overall = stats.combine_classes(per_class, np.arange(1, 5), "largest_deficit")
+        # (as scripts/offline_statistics.py does), the omnibus from its parts' ranks
+        per_class = {k: np.asarray(v) for k, v in attack["class_statistics"].items()}
+        assert per_class["mean"].shape == (2 + 3, 4)
+        models = np.arange(1, 5)
+        overall = stats.combine_classes(per_class["mean"], models, "largest_deficit")
         assert stats.calibrated_p_value(overall[2:], overall[1]) == pytest.approx(
             attack["statistics"]["mean/largest_deficit"])
+        omnibus = stats.min_rank(np.stack([stats.combine_classes(per_class[s], models, c)
+                                           for s, c in OMNIBUS]), models)
+        assert stats.calibrated_p_value(omnibus[2:], omnibus[1]) == pytest.approx(
+            attack["statistics"]["omnibus/min_rank"])
     assert report.config["stat"] == stat
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import special
 from scipy import stats as sp_stats
 from statsmodels.stats.multitest import multipletests
 
@@ -83,13 +84,15 @@ def _simulated_p_value(rng, stat: str, combine: str, shifts: dict) -> float:
     values[0] += 0.5  # the base model's own gray data scores higher
     for k, shift in shifts.items():
         values[1, k] -= shift
+    if stat == "logit_mean":  # probabilities near their ceiling, as a target probability is
+        values = special.expit(values + 3.0)
     per_class = stats.per_class_statistic(values, values > 0, stat)
     overall = stats.combine_classes(per_class, np.arange(1, m + 2), combine)
     return float(stats.calibrated_p_value(overall[2:], overall[1]))
 
 
 @pytest.mark.parametrize("combine", ["largest_deficit", "two_largest_deficits"])
-@pytest.mark.parametrize("stat", ["mean", "auc", "ks"])
+@pytest.mark.parametrize("stat", ["mean", "logit_mean", "auc", "ks"])
 def test_distribution_statistics_stay_calibrated_and_find_a_one_class_change(stat, combine):
     """With no drift the production model is one more control and the rank p-value of a
     leave-one-out standardised combination is exact: its false-positive rate at 0.05 is 0.05. A
@@ -128,6 +131,9 @@ def test_per_class_statistics_match_direct_computations():
             np.testing.assert_allclose(
                 auc[g, k], sp_stats.mannwhitneyu(x, b).statistic / (len(x) * len(b)))
             np.testing.assert_allclose(ks[g, k], -sp_stats.ks_2samp(x, b).statistic)
+    probabilities = special.expit(values)
+    np.testing.assert_allclose(stats.per_class_statistic(probabilities, None, "logit_mean"),
+                               special.logit(probabilities.mean(-1)))
     np.testing.assert_allclose(stats.per_class_statistic(values, values > 0, "fraction"),
                                (values > 0).mean(-1))
 

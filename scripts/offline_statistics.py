@@ -1,0 +1,141 @@
+"""Candidate decision statistics evaluated offline from stored power runs (issue 13): no model is
+retrained. Each run of `scripts/bench_detection.py` stores every model's per-class statistics
+(``class_statistics``: base, production, controls x classes) and the base model's mean class
+probabilities on every model's gray data (``confusion``: models x C x C); a candidate combines
+them into one score per model, and the production model's rank among the controls is its exact
+p-value (every model is combined alike).
+
+  python scripts/offline_statistics.py benchmarks/power_mnist.json   # power per candidate
+  python scripts/offline_statistics.py --update benchmarks/power_*.json  # add new statistics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import special
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from drift_jax import stats  # noqa: E402
+from drift_jax.detect import OMNIBUS  # noqa: E402
+from drift_jax.files import atomic_write_json  # noqa: E402
+
+ALPHA = 0.05
+
+
+# the default omnibus of sessions 6-9, before `OMNIBUS` gained the logit mean's largest deficit
+TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return special.logit(np.clip(p, stats.LOGIT_CLIP, 1 - stats.LOGIT_CLIP))
+
+
+def _per_class(run: dict) -> dict[str, np.ndarray]:
+    """A run's stored per-class statistics {stat: [G, C]} (G: base, production, controls)."""
+    per_class = {k: np.asarray(v) for k, v in run["class_statistics"].items()}
+    per_class.setdefault("logit_mean", _logit(per_class["mean"]))  # runs before the statistic
+    return per_class
+
+
+def candidate_scores(run: dict) -> dict[str, np.ndarray]:
+    """One run's models -> {candidate: score per model [G]}, lower = drift."""
+    per_class = _per_class(run)
+    models = np.arange(1, per_class["mean"].shape[0])
+
+    def omnibus(parts, *more):
+        return stats.min_rank(np.stack([*(stats.combine_classes(per_class[s], models, c)
+                                          for s, c in parts), *more]), models)
+
+    out = {"omnibus (default)": omnibus(OMNIBUS),
+           "omnibus of sessions 6-9 (mean, auc)": omnibus(TWO_PART_OMNIBUS),
+           "logit_mean / largest_deficit": stats.combine_classes(
+               per_class["logit_mean"], models, "largest_deficit")}
+    if run.get("confusion"):
+        confusion = _logit(np.asarray(run["confusion"]))  # [G, C, C]
+        off_target = ~np.eye(confusion.shape[-1], dtype=bool)
+        # every (class k, other class j): the base model's probability of j on k's gray data; a
+        # relabel a -> b raises (b, a) in the production model only
+        pairs = -confusion[:, off_target]  # [G, C (C - 1)]
+        # per class: its most probable other class
+        peak = -np.where(off_target, confusion, -np.inf).max(-1)  # [G, C]
+        pair_two = stats.combine_classes(pairs, models, "two_largest_deficits")
+        out |= {"confusion pairs / largest_deficit": stats.combine_classes(
+                    pairs, models, "largest_deficit"),
+                "confusion pairs / two_largest_deficits": pair_two,
+                "confusion peak / two_largest_deficits": stats.combine_classes(
+                    peak, models, "two_largest_deficits"),
+                "omnibus + confusion pairs / two_largest_deficits": omnibus(OMNIBUS, pair_two)}
+    return out
+
+
+def p_values(run: dict) -> dict[str, float]:
+    """Each candidate's rank p-value of the production model (model 1) among the controls."""
+    return {name: float(stats.calibrated_p_value(score[2:], score[1]))
+            for name, score in candidate_scores(run).items()}
+
+
+def update(run: dict) -> None:
+    """Brings a stored run up to today's statistics, in place and idempotently. A run with an
+    omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9: its
+    omnibus p-values are renamed ``omnibus[mean,auc]``. From stored per-class statistics (the
+    primary, rule-based attack's) it adds what the run predates: the logit mean's statistics,
+    today's omnibus (`OMNIBUS`) and the two-part one; each added key is listed in
+    ``recomputed_offline``."""
+    p = run["p_values"]
+    if "decided_by" not in run and "rule_based:omnibus/min_rank" in p:
+        for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
+            p[key.replace(":omnibus/", ":omnibus[mean,auc]/")] = p.pop(key)
+        run["decided_by"] = "rule_based:omnibus[mean,auc]/min_rank"
+    if not run.get("class_statistics"):
+        return
+    scores, logit_mean = candidate_scores(run), _per_class(run)["logit_mean"]
+    models = np.arange(1, logit_mean.shape[0])
+    wanted = {f"rule_based:logit_mean/{c}":
+              lambda c=c: stats.combine_classes(logit_mean, models, c)
+              for c in stats.COMBINATIONS}
+    wanted["rule_based:omnibus/min_rank"] = lambda: scores["omnibus (default)"]
+    wanted["rule_based:omnibus[mean,auc]/min_rank"] = (
+        lambda: scores["omnibus of sessions 6-9 (mean, auc)"])
+    for key, score in wanted.items():
+        if key not in p:
+            value = score()
+            p[key] = float(stats.calibrated_p_value(value[2:], value[1]))
+            run["recomputed_offline"] = sorted({*run.get("recomputed_offline", []), key})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", help="power JSON files of bench_detection.py")
+    parser.add_argument("--update", action="store_true",
+                        help="write the statistics a stored run predates into the file (`update`)")
+    args = parser.parse_args()
+    for path in args.files:
+        saved = json.loads(Path(path).read_text())
+        if args.update:
+            for runs in saved["points"].values():
+                for run in runs:
+                    update(run)
+            atomic_write_json(path, saved)
+        for key, runs in saved["points"].items():
+            runs = [r for r in runs if r.get("class_statistics")]
+            if not runs:
+                continue
+            found = [p_values(r) for r in runs]
+            disagreement = np.mean([r["p_values"]["baseline:disagreement"] <= ALPHA
+                                    for r in runs])
+            print(f"{key} ({len(runs)} seeds; disagreement {disagreement:.1f})")
+            for name in found[0]:
+                ps = [f[name] for f in found if name in f]
+                print(f"  {name:48s} {np.mean(np.array(ps) <= ALPHA):.1f}  "
+                      f"p = {', '.join(f'{p:.2f}' for p in ps)}")
+
+
+if __name__ == "__main__":
+    main()
