@@ -215,7 +215,7 @@ def write_markdown(points: dict) -> None:
                  for scenario in scenarios for k in keys if k.split("/")[1] in (scenario, "none")]
         shown = [m for m in methods if m.split(":")[0] == "rule_based" and m.endswith((
             "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
-            "logit_mean/largest_deficit", "omnibus/min_rank"))]
+            "logit_mean/largest_deficit", "omnibus/min_rank", "omnibus[mean,auc]/min_rank"))]
         shown += [m for m in methods if m.startswith("baseline:")]
         slug = name.replace("[", "_").replace("]", "")
         figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,
