@@ -51,8 +51,9 @@ def _to_json(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_to_json) + "\n"
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """``indent=None``: one line, for records too large to read by eye (benchmark runs)."""
+    text = json.dumps(obj, indent=indent, sort_keys=False, default=_to_json) + "\n"
     return atomic_write_bytes(path, text.encode())
 
 

@@ -146,7 +146,8 @@ def main() -> None:
                 points[key] = run_point(ds, name, scenario, severity, seeds, args.variant,
                                         args.confusion)
                 print(f"{key}: {summary(points[key])}", flush=True)
-                atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points})
+                atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points},
+                                  indent=None)  # per-class statistics of 50 models per run
     # the report covers every points file (variants may run as separate processes)
     for other in sorted(out.parent.glob("power*.json")):
         points = {**json.loads(other.read_text())["points"], **points}

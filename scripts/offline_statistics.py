@@ -122,7 +122,7 @@ def main() -> None:
             for runs in saved["points"].values():
                 for run in runs:
                     update(run)
-            atomic_write_json(path, saved)
+            atomic_write_json(path, saved, indent=None)
         for key, runs in saved["points"].items():
             runs = [r for r in runs if r.get("class_statistics")]
             if not runs:
