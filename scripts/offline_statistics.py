@@ -96,17 +96,14 @@ def update(run: dict) -> None:
         return
     scores, logit_mean = candidate_scores(run), _per_class(run)["logit_mean"]
     models = np.arange(1, logit_mean.shape[0])
-    wanted = {f"rule_based:logit_mean/{c}":
-              lambda c=c: stats.combine_classes(logit_mean, models, c)
+    wanted = {f"rule_based:logit_mean/{c}": stats.combine_classes(logit_mean, models, c)
               for c in stats.COMBINATIONS}
-    wanted["rule_based:omnibus/min_rank"] = lambda: scores["omnibus (default)"]
-    wanted["rule_based:omnibus[mean,auc]/min_rank"] = (
-        lambda: scores["omnibus of sessions 6-9 (mean, auc)"])
-    for key, score in wanted.items():
-        if key not in p:
-            value = score()
-            p[key] = float(stats.calibrated_p_value(value[2:], value[1]))
-            run["recomputed_offline"] = sorted({*run.get("recomputed_offline", []), key})
+    wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
+    wanted["rule_based:omnibus[mean,auc]/min_rank"] = scores["omnibus of sessions 6-9 (mean, auc)"]
+    added = {k: v for k, v in wanted.items() if k not in p}
+    p.update({k: float(stats.calibrated_p_value(v[2:], v[1])) for k, v in added.items()})
+    if added:
+        run["recomputed_offline"] = sorted({*run.get("recomputed_offline", []), *added})
 
 
 def main() -> None:
