@@ -449,7 +449,7 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
         # undrifted models with a class flagged drops from 0.21 to 0.07).
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
-        class_logits = special.logit(np.clip(values.mean(-1), 1e-4, 1 - 1e-4))
+        class_logits = stats_lib.clipped_logit(values.mean(-1), clip=1e-4)
         class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
                                                 class_logits[:, 1])
                    if len(controls) > 1 else rank_p)

@@ -116,6 +116,12 @@ STATISTICS = ("fraction", "mean", "logit_mean", "auc", "ks")
 LOGIT_CLIP = 1e-6
 
 
+def clipped_logit(p, clip: float = LOGIT_CLIP) -> np.ndarray:
+    """Probabilities -> logits, clipped to [clip, 1 - clip] so that a mean at 0 or 1 stays
+    finite."""
+    return special.logit(np.clip(p, clip, 1 - clip))
+
+
 def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> np.ndarray:
     """A statistic of each model's gray-score distribution per class, oriented so that lower
     means less like the base model's gray data (drift).
@@ -134,7 +140,7 @@ def per_class_statistic(values: np.ndarray, members: np.ndarray, stat: str) -> n
     if stat == "mean":
         return values.mean(-1)
     if stat == "logit_mean":
-        return special.logit(np.clip(values.mean(-1), LOGIT_CLIP, 1 - LOGIT_CLIP))
+        return clipped_logit(values.mean(-1))
     base = np.broadcast_to(values[..., :1, :, :], values.shape)
     if stat == "auc":
         above = (values[..., :, None] > base[..., None, :]).mean((-1, -2))

@@ -68,15 +68,13 @@ ATTACKS = ["rule_based", "black_box", "shadow", "lira", "loss", "confidence",
 # (the smallest p-value is 1 / (M + 1)), gray images per class (m49_s16 is the default config),
 # fewer attacks (faster; m19_3a / m49_3a: MNIST and CIFAR-10, whose recipes set their own gray
 # images; m19_s16_3a: 16 of them). A variant's settings override the dataset's recipe.
+THREE_ATTACKS = ["rule_based", "loss", "black_box"]
 VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
-            "m49": (["controls=49", "inversion.samples_per_class=8"],
-                    ["rule_based", "loss", "black_box"]),
-            "m49_s16": (["controls=49", "inversion.samples_per_class=16"],
-                        ["rule_based", "loss", "black_box"]),
-            "m19_3a": (["controls=19"], ["rule_based", "loss", "black_box"]),
-            "m49_3a": (["controls=49"], ["rule_based", "loss", "black_box"]),
-            "m19_s16_3a": (["controls=19", "inversion.samples_per_class=16"],
-                           ["rule_based", "loss", "black_box"])}
+            "m49": (["controls=49", "inversion.samples_per_class=8"], THREE_ATTACKS),
+            "m49_s16": (["controls=49", "inversion.samples_per_class=16"], THREE_ATTACKS),
+            "m19_3a": (["controls=19"], THREE_ATTACKS),
+            "m49_3a": (["controls=49"], THREE_ATTACKS),
+            "m19_s16_3a": (["controls=19", "inversion.samples_per_class=16"], THREE_ATTACKS)}
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import special
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,14 +31,11 @@ ALPHA = 0.05
 TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    return special.logit(np.clip(p, stats.LOGIT_CLIP, 1 - stats.LOGIT_CLIP))
-
-
 def _per_class(run: dict) -> dict[str, np.ndarray]:
     """A run's stored per-class statistics {stat: [G, C]} (G: base, production, controls)."""
     per_class = {k: np.asarray(v) for k, v in run["class_statistics"].items()}
-    per_class.setdefault("logit_mean", _logit(per_class["mean"]))  # runs before the statistic
+    # runs from before the statistic existed
+    per_class.setdefault("logit_mean", stats.clipped_logit(per_class["mean"]))
     return per_class
 
 
@@ -57,7 +53,7 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
            "logit_mean / largest_deficit": stats.combine_classes(
                per_class["logit_mean"], models, "largest_deficit")}
     if run.get("confusion"):
-        confusion = _logit(np.asarray(run["confusion"]))  # [G, C, C]
+        confusion = stats.clipped_logit(np.asarray(run["confusion"]))  # [G, C, C]
         off_target = ~np.eye(confusion.shape[-1], dtype=bool)
         # every (class k, other class j): the base model's probability of j on k's gray data; a
         # relabel a -> b raises (b, a) in the production model only
