@@ -84,6 +84,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,  # "cpu", "NVIDIA H200", "TPU v5 lite"
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }

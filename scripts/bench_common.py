@@ -15,7 +15,15 @@ def machine() -> dict:
     from drift_jax import runtime
 
     env = runtime.environment()
-    return {k: env[k] for k in ("processor", "cpu_count", "jax", "backend", "python")}
+    return {k: env[k] for k in ("processor", "cpu_count", "jax", "backend", "device_kind",
+                                "python")}
+
+
+def machine_label(m: dict) -> str:
+    """"NVIDIA H200" on an accelerator, else "AMD EPYC, 2 cores"."""
+    if m.get("backend", "cpu") != "cpu":
+        return m.get("device_kind", m["backend"].upper())
+    return f"{m['processor']}, {m['cpu_count']} cores"
 
 
 # The benchmarks' recipe per dataset (config overrides). MNIST: 3 epochs and 4 regularised gray

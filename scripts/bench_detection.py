@@ -13,7 +13,7 @@ resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/p
   python scripts/bench_detection.py --datasets cifar10 --seeds 3 --none-seeds 3 --variant m19_3a \
       --out benchmarks/power_cifar10_cpu.json                   # CIFAR-10 reduced for 2 cores
   python scripts/bench_detection.py --datasets cifar10_full --seeds 5 --variant m49_3a \
-      --points relabel@3 none@0 --out $OUT/power_cifar10_gpu.json   # a GPU: the issue's recipe
+      --none-seeds 5 --points relabel@3 none@0 --out $OUT/power_cifar10_gpu.json  # a GPU
   python scripts/bench_detection.py --report-only
 """
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import RECIPES, load_dataset, machine, update_section  # noqa: E402
+from bench_common import RECIPES, load_dataset, machine, machine_label, update_section  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
 from drift_jax.detect import DetectConfig, detect_drift_seeds  # noqa: E402
@@ -102,6 +102,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
                     "changed": [ds.class_names[c] for c in sorted(changed or ())],
                     "partners": report.localisation.get("partners", {}),
                     "accuracy": report.accuracy["base"], "seconds": seconds / len(seeds),
+                    "timings": report.timings,  # per stage, all seeds together, and compiles
                     # the statistic that decided (and gated `named`): the default may change
                     "decided_by": f"{cfg.primary_attack}:{decision}",
                     # the primary attack's per-class statistics of every model (base,
@@ -120,7 +121,8 @@ def main() -> None:
     parser.add_argument("--variant", default="m19", choices=list(VARIANTS))
     parser.add_argument("--none-seeds", type=int, default=NONE_SEEDS,
                         help="seeds of the `none` point (its false-positive rate)")
-    parser.add_argument("--points", nargs="+", help="scenario@severity to run (default: all)")
+    parser.add_argument("--points", nargs="+",
+                        help="scenario@severity to run, in this order (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "power.json"))
     parser.add_argument("--confusion", action="store_true",
                         help="store every model's confusion on gray data (report.localisation), "
@@ -134,9 +136,11 @@ def main() -> None:
     if not args.report_only:
         for name in args.datasets:
             ds = load_dataset(name)
-            for scenario, severity in PLANS[name]:
-                if args.points and f"{scenario}@{severity}" not in args.points:
-                    continue
+            # --points run in the order given (a cut-short run keeps the first)
+            plan = PLANS[name] if not args.points else [
+                (s, v) for point in args.points for s, v in PLANS[name]
+                if f"{s}@{v}" == point]
+            for scenario, severity in plan:
                 key = f"{name}[{args.variant}]/{scenario}/{severity}"
                 seeds = list(range(args.none_seeds if scenario == "none" else args.seeds))
                 if len(points.get(key, [])) >= len(seeds):
@@ -146,11 +150,16 @@ def main() -> None:
                 print(f"{key}: {summary(points[key])}", flush=True)
                 atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points},
                                   indent=None)  # per-class statistics of 50 models per run
-    # the report covers every points file (variants may run as separate processes)
+    # the report covers every points file (variants may run as separate processes, on other
+    # machines: each file records its own)
+    machines = {}
     for other in sorted(out.parent.glob("power*.json")):
-        points = {**json.loads(other.read_text())["points"], **points}
-    write_markdown(points)
-    print(f"wrote {out}, BENCHMARKS.md and docs/figures/power_*.png")
+        saved = json.loads(other.read_text())
+        points = {**saved["points"], **points}
+        machines.update({k.split("/")[0]: machine_label(saved["machine"])
+                         for k in saved["points"]})
+    write_markdown(points, machines)
+    print(f"wrote BENCHMARKS.md and docs/figures/power_*.png from {out.parent}/power*.json")
 
 
 def power(runs: list[dict], method: str) -> float:
@@ -185,7 +194,7 @@ def localisation_lines(points: dict, keys: list[str]) -> list[str]:
              "destination):", "", *lines] if lines else [])
 
 
-def write_markdown(points: dict) -> None:
+def write_markdown(points: dict, machines: dict[str, str]) -> None:
     from drift_jax import figures
 
     datasets = sorted({k.split("/")[0] for k in points})
@@ -222,8 +231,8 @@ def write_markdown(points: dict) -> None:
     seconds = {n: np.median([r["seconds"] for k, runs in points.items() if k.startswith(n)
                              for r in runs]) for n in datasets}
     lines += ["Median seconds per seed (seeds stacked): "
-              + ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items())
-              + f" ({machine()['processor']}, {machine()['cpu_count']} cores)."]
+              + ", ".join(f"{n} {s:.0f} s ({machines.get(n, machine_label(machine()))})"
+                          for n, s in seconds.items()) + "."]
     update_section("bench_power", "Detection power curves (`scripts/bench_detection.py`)", lines)
 
 
