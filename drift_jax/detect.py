@@ -47,9 +47,15 @@ ATTACKS = tuple(membership.ATTACKS)
 # stat="omnibus": one statistic for a change spread over classes, two for a change that lives in
 # one or two classes, the second on the logit scale (which does not compress classes near their
 # ceiling: on MNIST it finds swaps and relabels the AUC misses; issue 13's power curves,
-# docs/RESULTS.md); the first one's per-class statistic localises
+# docs/RESULTS.md); then the two statistics that ask each model instead of the base model
+# (`MODEL_STATISTICS`), which find the partial relabels and swaps whose gray data the base model
+# still reads as members (MNIST, session 11). The first one's per-class statistic localises
 OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"),
-           ("logit_mean", "largest_deficit"))
+           ("logit_mean", "largest_deficit"), ("self_confidence", "class_mean"),
+           ("reverse", "two_largest_deficits"))
+# Per-class statistics of the models themselves, beside each attack's statistics of the base
+# model's scores (`_model_statistics`; the same for every attack).
+MODEL_STATISTICS = ("self_confidence", "reverse")
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
 
@@ -92,7 +98,10 @@ class DetectConfig:
     # for `fraction` (the original protocol), the largest standardised deficit otherwise.
     # "omnibus": the smallest of the production model's ranks by `OMNIBUS`' statistics
     # (`stats.min_rank`).
-    stat: Literal["fraction", "mean", "logit_mean", "auc", "ks", "omnibus"] = "omnibus"
+    # `MODEL_STATISTICS`: "self_confidence", each model's confidence in its own gray data, and
+    # "reverse", each model's answers on the base model's gray data (mean logits per class).
+    stat: Literal["fraction", "mean", "logit_mean", "auc", "ks", "self_confidence", "reverse",
+                  "omnibus"] = "omnibus"
     combine: Literal["auto", "class_mean", "largest_deficit", "two_largest_deficits"] = "auto"
     # members (and as many non-members) to fit attacks on
     attack_fit_size: int = bounded(2500, ge=10)
@@ -398,34 +407,35 @@ def _attack_context(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData,
 def _combined_scores(class_statistics: dict) -> dict:
     """Every statistic's per-class values [S, models, C] (model 0 the base model, 1 the
     production model, then the controls) -> one score per model [S, models] for every
-    (statistic, combination) of `stats.STATISTICS` x `stats.COMBINATIONS`, and for ("omnibus",
+    (statistic, combination) of the statistics x `stats.COMBINATIONS`, and for ("omnibus",
     "min_rank"): the `OMNIBUS` scores combined by their ranks (`stats.min_rank`). The production
     model and the controls are standardised and ranked alike, so each rank p-value stays exact."""
     models = np.arange(1, next(iter(class_statistics.values())).shape[1])
     combined = {(stat, combine): stats_lib.combine_classes(class_statistics[stat], models,
                                                            combine)
-                for stat, combine in itertools.product(stats_lib.STATISTICS,
-                                                       stats_lib.COMBINATIONS)}
+                for stat, combine in itertools.product(class_statistics, stats_lib.COMBINATIONS)}
     combined["omnibus", "min_rank"] = stats_lib.min_rank(
         np.stack([combined[part] for part in OMNIBUS]), models)
     return combined
 
 
 def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
-                  config: DetectConfig, test_keys: jax.Array, attack_index: int) -> list[dict]:
+                  model_statistics: dict, config: DetectConfig, test_keys: jax.Array,
+                  attack_index: int) -> list[dict]:
     """Statistics of one attack's continuous per-image scores, member probabilities and member
     decisions [S, models, C, samples] (models: base, production, controls...) for every seed
     (``test_keys`` [S]); without controls the p-values are None and only the seed rule and the
     permutation test decide. ``config.stat`` and ``config.combination`` choose the decision's
     statistic; ``statistics`` holds the calibrated p-value of every statistic x combination,
-    computed from the same scores (so one run gives every row of a power curve)."""
+    computed from the same scores (so one run gives every row of a power curve), and of the
+    ``model_statistics`` [S, models, C] beside them (`_model_statistics`)."""
     num_seeds, num_models, c = values.shape[:3]
     controls = np.arange(2, num_models)
     calibrated = len(controls) > 0
     # every statistic's per-class values [S, models, C], reported so that any combination can be
     # evaluated offline; the omnibus localises by its first statistic's
-    class_statistics = {stat: stats_lib.per_class_statistic(values, probability, stat)
-                        for stat in stats_lib.STATISTICS}
+    class_statistics = {**{stat: stats_lib.per_class_statistic(values, probability, stat)
+                           for stat in stats_lib.STATISTICS}, **model_statistics}
     per_class = class_statistics[OMNIBUS[0][0] if config.stat == "omnibus" else config.stat]
     if calibrated:
         combined = _combined_scores(class_statistics)
@@ -484,6 +494,35 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
     return out
 
 
+def _model_statistics(spec: ModelSpec, trained: dict, gray: GrayData,
+                      num_seeds: int) -> dict[str, np.ndarray]:
+    """Per-class statistics [S, models, C] that ask each model of a seed (base, production,
+    controls) instead of the base model, as mean clipped logits (`stats.clipped_logit`):
+
+    * ``self_confidence``: the model's own probability of the target on its gray data (the
+      confidence its inversion reached). A class that shares its images with another in the
+      model's training labels (a partial relabel or swap) cannot be made as certain.
+    * ``reverse``: the model's probability of the target on the *base* model's gray data of that
+      class: the rule-based membership question with the roles swapped (is the base model's
+      picture of the class still one for this model?). A partial relabel a -> b leaves the
+      production model's own prototypes of a and b intact, but lowers its answer on the base
+      model's.
+    Under no drift the production model and the controls stay exchangeable in both, so the rank
+    tests stay exact."""
+    group = gray.images.shape[0] // num_seeds
+    c, samples = gray.images.shape[1:3]
+    base_gray = gray.images.reshape(num_seeds, group, c * samples, *gray.images.shape[3:])[:, 0]
+    # one batched call: every model answers its own seed's base gray images
+    index = np.repeat(np.arange(num_seeds * c * samples).reshape(num_seeds, -1), group, axis=0)
+    logits = stack.predict(spec, trained, base_gray.reshape(-1, *base_gray.shape[2:]), index)
+    target = np.repeat(gray.classes, samples)  # each image's class, [C * samples]
+    answers = np.take_along_axis(special.softmax(logits, axis=-1), target[None, :, None],
+                                 -1)[..., 0]
+    per_class = {"self_confidence": gray.confidence, "reverse": answers}
+    return {k: stats_lib.clipped_logit(v.reshape(num_seeds, group, c, samples)).mean(-1)
+            for k, v in per_class.items()}
+
+
 def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained: dict,
             gray: GrayData, class_names: list[str], clock: runtime.StageClock,
             progress: bool) -> list[dict]:
@@ -502,6 +541,8 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
 
     # Steps 5-6: membership inference against the base model of every seed.
     targets = stack.member(trained, base_members)
+    with clock("model_statistics"):
+        model_statistics = _model_statistics(spec, trained, gray, num_seeds)
     context = _attack_context(spec, plans, data, images, targets, progress, clock)
     c, samples = gray.images.shape[1:3]
     gray_images = gray.images.reshape(num_seeds, group * c * samples, *gray.images.shape[3:])
@@ -518,7 +559,7 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             test_keys = jax.numpy.stack([p.keys["test"] for p in plans])
             for s, result in enumerate(_score_attack(
                     values.reshape(shape), scores.probability.reshape(shape),
-                    scores.decision.reshape(shape), config, test_keys, i)):
+                    scores.decision.reshape(shape), model_statistics, config, test_keys, i)):
                 result["continuous"] = {k: {  # per-class means of each continuous score
                     "base": v[s, 0].tolist(), "production": v[s, 1].tolist(),
                     "control_mean": v[s, 2:].mean(0).tolist() if group > 2 else None}

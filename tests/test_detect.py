@@ -202,7 +202,7 @@ def test_distribution_statistics_run_end_to_end(stat):
         assert 0 < attack["p_value"] <= 1 and len(attack["control_scores"]) == 3
         assert np.isfinite(attack["production_score"])
         # every statistic x combination from the same scores; the configured one decides
-        assert len(attack["statistics"]) == 5 * 3 + 1
+        assert len(attack["statistics"]) == 7 * 3 + 1  # 5 of the scores, 2 of the models
         assert attack["statistic"] == ("omnibus/min_rank" if stat == "omnibus" else
                                        f"{stat}/largest_deficit")
         assert attack["statistics"][attack["statistic"]] == attack["p_value"]
