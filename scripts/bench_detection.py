@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import RECIPES, load_dataset, machine, machine_label, update_section  # noqa: E402
+from offline_statistics import update  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
 from drift_jax.detect import DetectConfig, detect_drift_seeds  # noqa: E402
@@ -110,6 +111,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
                     "class_statistics": report.attacks[cfg.primary_attack]["class_statistics"]})
         if confusion:  # [models, C, C]: for statistics of the base model's answers (offline)
             out[-1]["confusion"] = np.round(report.localisation["confusion"], 4).tolist()
+        update(out[-1])  # the earlier default omnibuses too, side by side with today's
     return out
 
 
@@ -167,7 +169,7 @@ def power(runs: list[dict], method: str) -> float:
 
 
 def summary(runs: list[dict]) -> str:
-    shown = ["rule_based:fraction/class_mean", "rule_based:auc/two_largest_deficits",
+    shown = [PRIMARY, "rule_based:omnibus[mean,auc,logit_mean]/min_rank",
              "baseline:disagreement"]
     return ", ".join(f"{m} {power(runs, m):.1f}" for m in shown) + \
         f"; {runs[0]['seconds'] * len(runs):.0f} s"
@@ -223,7 +225,9 @@ def write_markdown(points: dict, machines: dict[str, str]) -> None:
                  for scenario in scenarios for k in keys if k.split("/")[1] in (scenario, "none")]
         shown = [m for m in methods if m.split(":")[0] == "rule_based" and m.split(":")[1] in (
             "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
-            "logit_mean/largest_deficit", "omnibus/min_rank", "omnibus[mean,auc]/min_rank")]
+            "logit_mean/largest_deficit", "self_confidence/class_mean",
+            "reverse/two_largest_deficits", "omnibus/min_rank", "omnibus[mean,auc]/min_rank",
+            "omnibus[mean,auc,logit_mean]/min_rank")]
         shown += [m for m in methods if m.startswith("baseline:")]
         slug = name.replace("[", "_").replace("]", "")
         figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,

@@ -250,3 +250,35 @@ def test_named_classes_add_destinations_not_explained_by_another_flagged_class()
     # a full relabel 0 -> 1: class 0's gray data is noise that happens to read as 4
     assert named_classes(partners(c0=4, c1=0)) == [0, 1]
     assert named_classes(partners(c3=None)) == [3]
+
+
+def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
+    """``reverse``: every model's target probability on its seed's base model's gray images;
+    ``self_confidence``: each model's confidence in its own gray data; both mean clipped logits
+    per class, [seeds, models, classes]. Pinned against a plain loop over models."""
+    from scipy import special
+
+    from drift_jax.detect import _model_statistics
+    from drift_jax.inversion import GrayData
+    from drift_jax.models import ModelSpec
+
+    seeds, group, classes, samples = 2, 3, 3, 2
+    spec = ModelSpec("seedcnn", classes, (8, 8, 1))
+    trained = stack.init_stack(spec, jax.random.split(jax.random.key(0), seeds * group))
+    rng = np.random.default_rng(0)
+    images = rng.random((seeds * group, classes, samples, 8, 8, 1)).astype(np.float32)
+    confidence = rng.random((seeds * group, classes, samples))
+    gray = GrayData(images=images, classes=np.arange(classes), confidence=confidence,
+                    trace=np.zeros((seeds * group, 1)),
+                    active_steps=np.zeros((seeds * group, classes, samples), int))
+    found = _model_statistics(spec, trained, gray, seeds)
+    target = np.repeat(np.arange(classes), samples)
+    for s in range(seeds):
+        base_gray = images[s * group].reshape(-1, 8, 8, 1)
+        for g in range(group):
+            logits = stack.predict(spec, stack.member(trained, [s * group + g]), base_gray)[0]
+            p = special.softmax(logits, -1)[np.arange(target.size), target]
+            np.testing.assert_allclose(found["reverse"][s, g], stats.clipped_logit(p).reshape(
+                classes, samples).mean(-1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(found["self_confidence"], stats.clipped_logit(confidence).reshape(
+        seeds, group, classes, samples).mean(-1), rtol=1e-6)
