@@ -169,7 +169,7 @@ def power(runs: list[dict], method: str) -> float:
 
 
 def summary(runs: list[dict]) -> str:
-    shown = [PRIMARY, "rule_based:omnibus[mean,auc,logit_mean]/min_rank",
+    shown = [PRIMARY, "rule_based:omnibus[+self_confidence,reverse]/min_rank",
              "baseline:disagreement"]
     return ", ".join(f"{m} {power(runs, m):.1f}" for m in shown) + \
         f"; {runs[0]['seconds'] * len(runs):.0f} s"
@@ -227,7 +227,7 @@ def write_markdown(points: dict, machines: dict[str, str]) -> None:
             "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
             "logit_mean/largest_deficit", "self_confidence/class_mean",
             "reverse/two_largest_deficits", "omnibus/min_rank", "omnibus[mean,auc]/min_rank",
-            "omnibus[mean,auc,logit_mean]/min_rank")]
+            "omnibus[+self_confidence,reverse]/min_rank")]
         shown += [m for m in methods if m.startswith("baseline:")]
         slug = name.replace("[", "_").replace("]", "")
         figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,

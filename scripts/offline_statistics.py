@@ -21,16 +21,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drift_jax import stats  # noqa: E402
-from drift_jax.detect import OMNIBUS  # noqa: E402
+from drift_jax.detect import MODEL_STATISTICS, OMNIBUS  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
 
 ALPHA = 0.05
 
 
-# earlier default omnibuses, by the name their p-values are stored under once renamed: sessions
-# 6-9's, before `OMNIBUS` gained the logit mean's largest deficit, and session 10's, before the
-# model statistics (`detect.MODEL_STATISTICS`)
-EARLIER_OMNIBUS = {"omnibus[mean,auc]": OMNIBUS[:2], "omnibus[mean,auc,logit_mean]": OMNIBUS[:3]}
+# the default omnibus of sessions 6-9, before `OMNIBUS` gained the logit mean's largest deficit
+TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
+# the default omnibus with the model statistics (`detect.MODEL_STATISTICS`), session 11's
+# candidate: stored as "omnibus[+self_confidence,reverse]"
+WITH_MODEL_STATISTICS = (*OMNIBUS, ("self_confidence", "class_mean"),
+                         ("reverse", "two_largest_deficits"))
 
 
 def _per_class(run: dict) -> dict[str, np.ndarray]:
@@ -50,11 +52,12 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
         return stats.min_rank(np.stack([*(stats.combine_classes(per_class[s], models, c)
                                           for s, c in parts), *more]), models)
 
-    out = {name: omnibus(parts) for name, parts in EARLIER_OMNIBUS.items()}
-    out["logit_mean / largest_deficit"] = stats.combine_classes(per_class["logit_mean"], models,
-                                                                "largest_deficit")
-    if all(s in per_class for s, _ in OMNIBUS):  # runs that stored the model statistics
-        out["omnibus (default)"] = omnibus(OMNIBUS)
+    out = {"omnibus (default)": omnibus(OMNIBUS),
+           "omnibus of sessions 6-9 (mean, auc)": omnibus(TWO_PART_OMNIBUS),
+           "logit_mean / largest_deficit": stats.combine_classes(
+               per_class["logit_mean"], models, "largest_deficit")}
+    if all(s in per_class for s in MODEL_STATISTICS):  # runs since session 11
+        out["omnibus[+self_confidence,reverse]"] = omnibus(WITH_MODEL_STATISTICS)
     if run.get("confusion"):
         confusion = stats.clipped_logit(np.asarray(run["confusion"]))  # [G, C, C]
         off_target = ~np.eye(confusion.shape[-1], dtype=bool)
@@ -69,8 +72,7 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
                 "confusion pairs / two_largest_deficits": pair_two,
                 "confusion peak / two_largest_deficits": stats.combine_classes(
                     peak, models, "two_largest_deficits"),
-                "omnibus[mean,auc,logit_mean] + confusion pairs / two_largest_deficits":
-                    omnibus(OMNIBUS[:3], pair_two)}
+                "omnibus + confusion pairs / two_largest_deficits": omnibus(OMNIBUS, pair_two)}
     return out
 
 
@@ -80,42 +82,30 @@ def p_values(run: dict) -> dict[str, float]:
             for name, score in candidate_scores(run).items()}
 
 
-def _rename_omnibus(run: dict, name: str) -> None:
-    """A run that stored an earlier omnibus: its omnibus p-values (of every attack) and, where
-    it decided the run, ``decided_by`` take that omnibus' name."""
-    p = run["p_values"]
-    for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
-        p[key.replace(":omnibus/", f":{name}/")] = p.pop(key)
-    if "recomputed_offline" in run:
-        run["recomputed_offline"] = sorted(k.replace(":omnibus/", f":{name}/")
-                                           for k in run["recomputed_offline"])
-    if run.get("decided_by", "rule_based:omnibus/min_rank") == "rule_based:omnibus/min_rank":
-        run["decided_by"] = f"rule_based:{name}/min_rank"
-
-
 def update(run: dict) -> None:
     """Brings a stored run up to today's statistics, in place and idempotently. A run with an
-    omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9, one
-    whose per-class statistics lack the model statistics by session 10's three-part one: their
-    omnibus p-values are renamed (`EARLIER_OMNIBUS`). From stored per-class statistics (the
+    omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9: its
+    omnibus p-values are renamed ``omnibus[mean,auc]``. From stored per-class statistics (the
     primary, rule-based attack's) it adds what the run predates: the logit mean's statistics,
-    the earlier omnibuses and, where the model statistics are stored, today's (`OMNIBUS`); each
-    added key is listed in ``recomputed_offline``."""
+    today's omnibus (`OMNIBUS`), the two-part one and, where the model statistics are stored,
+    `WITH_MODEL_STATISTICS`; each added key is listed in
+    ``recomputed_offline``."""
     p = run["p_values"]
-    if "rule_based:omnibus/min_rank" in p:
-        if "decided_by" not in run:
-            _rename_omnibus(run, "omnibus[mean,auc]")
-        elif not all(s in (run.get("class_statistics") or {}) for s, _ in OMNIBUS):
-            _rename_omnibus(run, "omnibus[mean,auc,logit_mean]")
+    if "decided_by" not in run and "rule_based:omnibus/min_rank" in p:
+        for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
+            p[key.replace(":omnibus/", ":omnibus[mean,auc]/")] = p.pop(key)
+        run["decided_by"] = "rule_based:omnibus[mean,auc]/min_rank"
     if not run.get("class_statistics"):
         return
     scores, logit_mean = candidate_scores(run), _per_class(run)["logit_mean"]
     models = np.arange(1, logit_mean.shape[0])
     wanted = {f"rule_based:logit_mean/{c}": stats.combine_classes(logit_mean, models, c)
               for c in stats.COMBINATIONS}
-    wanted |= {f"rule_based:{name}/min_rank": scores[name] for name in EARLIER_OMNIBUS}
-    if "omnibus (default)" in scores:
-        wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
+    wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
+    wanted["rule_based:omnibus[mean,auc]/min_rank"] = scores["omnibus of sessions 6-9 (mean, auc)"]
+    if "omnibus[+self_confidence,reverse]" in scores:
+        wanted["rule_based:omnibus[+self_confidence,reverse]/min_rank"] = scores[
+            "omnibus[+self_confidence,reverse]"]
     added = {k: v for k, v in wanted.items() if k not in p}
     p.update({k: float(stats.calibrated_p_value(v[2:], v[1])) for k, v in added.items()})
     if added:
