@@ -10,6 +10,9 @@ resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/p
       --out benchmarks/power_mnist.json                         # relabel / label_swap / none
   python scripts/bench_detection.py --variant m49 --points none@0 relabel@2 label_swap@2 \
       --out benchmarks/power_m49.json                           # 49 controls, 3 attacks
+  python scripts/bench_detection.py --variant m49_s16 --points none@0 relabel@2 label_swap@2 \
+      --out benchmarks/power_m49_s16.json                       # the default config (severity
+                                                                # 1 and 3: power_m49_s16_sev13)
   python scripts/bench_detection.py --datasets cifar10 --seeds 3 --none-seeds 3 --variant m19_3a \
       --out benchmarks/power_cifar10_cpu.json                   # CIFAR-10 reduced for 2 cores
   python scripts/bench_detection.py --datasets cifar10_full --seeds 5 --variant m49_3a \
