@@ -419,22 +419,22 @@ def _combined_scores(class_statistics: dict) -> dict:
 
 
 def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
-                  model_statistics: dict, config: DetectConfig, test_keys: jax.Array,
-                  attack_index: int) -> list[dict]:
+                  config: DetectConfig, test_keys: jax.Array, attack_index: int,
+                  model_statistics: dict | None = None) -> list[dict]:
     """Statistics of one attack's continuous per-image scores, member probabilities and member
     decisions [S, models, C, samples] (models: base, production, controls...) for every seed
     (``test_keys`` [S]); without controls the p-values are None and only the seed rule and the
     permutation test decide. ``config.stat`` and ``config.combination`` choose the decision's
     statistic; ``statistics`` holds the calibrated p-value of every statistic x combination,
     computed from the same scores (so one run gives every row of a power curve), and of the
-    ``model_statistics`` [S, models, C] beside them (`_model_statistics`)."""
+    ``model_statistics`` [S, models, C] beside them, if given (`_model_statistics`)."""
     num_seeds, num_models, c = values.shape[:3]
     controls = np.arange(2, num_models)
     calibrated = len(controls) > 0
     # every statistic's per-class values [S, models, C], reported so that any combination can be
     # evaluated offline; the omnibus localises by its first statistic's
     class_statistics = {**{stat: stats_lib.per_class_statistic(values, probability, stat)
-                           for stat in stats_lib.STATISTICS}, **model_statistics}
+                           for stat in stats_lib.STATISTICS}, **(model_statistics or {})}
     per_class = class_statistics[OMNIBUS[0][0] if config.stat == "omnibus" else config.stat]
     if calibrated:
         combined = _combined_scores(class_statistics)
@@ -557,7 +557,7 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
             test_keys = jax.numpy.stack([p.keys["test"] for p in plans])
             for s, result in enumerate(_score_attack(
                     values.reshape(shape), scores.probability.reshape(shape),
-                    scores.decision.reshape(shape), model_statistics, config, test_keys, i)):
+                    scores.decision.reshape(shape), config, test_keys, i, model_statistics)):
                 result["continuous"] = {k: {  # per-class means of each continuous score
                     "base": v[s, 0].tolist(), "production": v[s, 1].tolist(),
                     "control_mean": v[s, 2:].mean(0).tolist() if group > 2 else None}

@@ -118,6 +118,11 @@ def load_run(path: str | Path) -> Run:
     report = validate.read_json(path / "report.json", REPORT_SCHEMA, "run report", fix,
                                 REPORT_OPTIONAL)
     config = config_lib.from_dict(detect_lib.DetectConfig, report["config"], "config")
+    if config.stat in detect_lib.MODEL_STATISTICS:  # they need the controls, not kept in a run
+        raise DriftJaxError(f"--run {path} was decided by stat={config.stat!r}, a statistic of "
+                            "the control models, which a run does not keep, so mitigation "
+                            "cannot re-test with it; run detect with stat='omnibus' (the "
+                            "default) or one of the attack's statistics.")
     if not (path / "models" / "stack.json").exists():
         raise DriftJaxError(f"--run {path} has no models/ checkpoint (runs written before "
                             f"drift_jax saved the base and production models); {fix}")

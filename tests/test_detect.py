@@ -190,7 +190,7 @@ def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_
     assert not (tmp_path / "off_cache" / "xla").exists()
 
 
-@pytest.mark.parametrize("stat", ["auc", "ks", "mean", "logit_mean", "omnibus"])
+@pytest.mark.parametrize("stat", ["auc", "ks", "mean", "logit_mean", "reverse", "omnibus"])
 def test_distribution_statistics_run_end_to_end(stat):
     from drift_jax.config import with_overrides
 

@@ -226,6 +226,13 @@ def test_bad_runs_are_refused_in_one_line_and_nothing_is_written(tmp_path, capsy
     _refused([*base, "--run", str(truncated)], capsys, "gray.npz")
     _refused(["mitigate", "--out", str(out), "--run", str(run), "--classes", "class_0,cat"],
              capsys, "['cat']", "choose from class_0, class_1")
+    # decided by a statistic of the controls, which the run does not keep for the re-test
+    by_controls = tmp_path / "by_controls"
+    shutil.copytree(run, by_controls)
+    report = json.loads((by_controls / "report.json").read_text())
+    report["config"]["stat"] = "reverse"
+    (by_controls / "report.json").write_text(json.dumps(report))
+    _refused([*base, "--run", str(by_controls)], capsys, "stat='reverse'", "stat='omnibus'")
     assert not out.exists()
 
 
