@@ -83,6 +83,11 @@ class DetectConfig:
     # p >= 1 / (M + 1): 19 is the least that reaches 0.05, 49 leaves room below it (issue 13's
     # power curves, docs/RESULTS.md); 0: the seed rule only
     controls: int = bounded(49, ge=0)
+    # What each control trains on: a random production-sized subset of the reference pool, or
+    # ("pooled") of the reference pool and the production data together. Pooled controls make
+    # the undrifted production model exactly exchangeable with them (`_SeedPlan.control_rows`),
+    # at the cost of a share |production| / (|reference| + |production|) of the drift in each.
+    control_data: Literal["reference", "pooled"] = "reference"
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
         samples_per_class=16, miface=MIFaceConfig(max_iter=300, init="uniform")))
@@ -196,12 +201,28 @@ class _SeedPlan:
     split: dict
     production: Dataset | None
     scenario: dict
-    control_ix: list[np.ndarray]
+    control_draws: list[np.ndarray]  # per control, positions into `control_rows`' candidates
     keys: dict  # init, train, invert, attack, test
 
     @property
     def group_size(self) -> int:  # base, production, controls
         return 2 + self.config.controls
+
+    @property
+    def pooled(self) -> bool:
+        return self.config.control_data == "pooled" and self.production is not None
+
+    def control_rows(self, production_rows: np.ndarray) -> list[np.ndarray]:
+        """Each control's training rows: a subset of the reference pool, or with ``pooled``
+        controls of the pool and the production data (``production_rows``, its rows in the
+        stacked image array). Under no drift the production data are as random a draw as the
+        pool, so the production model's training set is then distributed like a control's, and
+        its overlap with every control like theirs with each other: the M + 1 models are
+        exchangeable and every rank p-value is exact (docs/RESULTS.md, session 12)."""
+        candidates = self.split["reference"]
+        if self.pooled:
+            candidates = np.concatenate([candidates, production_rows])
+        return [candidates[draw] for draw in self.control_draws]
 
 
 def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
@@ -211,17 +232,19 @@ def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
     split = _splits(config, base_labels, pool.num_classes, split_production, holdout_ix)
     prod_data, scenario = _production_data(config, pool, production, split["production"])
     size = len(prod_data) if prod_data is not None else len(split["base"])
-    reference = split["reference"]
-    if config.controls and len(reference) < size:
+    reference = len(split["reference"])
+    if config.controls and reference < size:
         raise DriftJaxError(
-            f"the reference pool has {len(reference)} images, fewer than the {size} each control "
+            f"the reference pool has {reference} images, fewer than the {size} each control "
             "model must train on (the production data's size); raise reference_fraction or "
             "lower production_fraction / base_fraction.")
+    candidates = reference + (size if config.control_data == "pooled" and prod_data is not None
+                              else 0)
     rng = np.random.default_rng(config.seed + 1)
-    control_ix = [rng.choice(reference, size, replace=False) for _ in range(config.controls)]
+    draws = [rng.choice(candidates, size, replace=False) for _ in range(config.controls)]
     keys = dict(zip(("init", "train", "invert", "attack", "test"),
                     jax.random.split(jax.random.key(config.seed), 5)))
-    return _SeedPlan(config, split, prod_data, scenario, control_ix, keys)
+    return _SeedPlan(config, split, prod_data, scenario, draws, keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +279,7 @@ def _train_all(spec: ModelSpec, config: DetectConfig, data: _StackedData,
     with_production = production_model is None
     for plan, production_rows in zip(plans, data.production):
         roles = [plan.split["base"], *([production_rows] if with_production else []),
-                 *plan.control_ix]
+                 *plan.control_rows(production_rows)]
         # A given production model takes role 1: trained members skip it, keys keep their role.
         role_ids = np.array([0, *range(2 - with_production, plan.group_size)])
         indices += roles
@@ -277,7 +300,7 @@ def _train_all(spec: ModelSpec, config: DetectConfig, data: _StackedData,
 
 TRAINING_KEYS = ("base", "production", "production_model", "holdout", "scenario", "severity",
                  "scenario_params", "arch", "base_fraction", "production_fraction",
-                 "reference_fraction", "controls", "train")
+                 "reference_fraction", "controls", "control_data", "train")
 
 
 class TrainedCache:

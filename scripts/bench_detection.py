@@ -79,6 +79,9 @@ VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m19_3a": (["controls=19"], THREE_ATTACKS),
             "m49_3a": (["controls=49"], THREE_ATTACKS),
             "m19_s16_3a": (["controls=19", "inversion.samples_per_class=16"], THREE_ATTACKS)}
+# the same with pooled controls (`DetectConfig.control_data`, session 12)
+VARIANTS.update({f"{name}_pooled": ([*overrides, 'control_data="pooled"'], attacks)
+                 for name, (overrides, attacks) in list(VARIANTS.items())})
 
 
 def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
