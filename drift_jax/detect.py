@@ -88,6 +88,9 @@ class DetectConfig:
     # the undrifted production model exactly exchangeable with them (`_SeedPlan.control_rows`),
     # at the cost of a share |production| / (|reference| + |production|) of the drift in each.
     control_data: Literal["reference", "pooled"] = "reference"
+    # Each control takes the production data's class counts (before the scenario) instead of a
+    # plain random subset's, as the split-off production data do (`_control_draws`).
+    stratify_controls: bool = False
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(epochs=10))
     inversion: InversionConfig = dataclasses.field(default_factory=lambda: InversionConfig(
         samples_per_class=16, miface=MIFaceConfig(max_iter=300, init="uniform")))
@@ -173,13 +176,15 @@ def _splits(config: DetectConfig, labels: np.ndarray, num_classes: int, with_pro
 
 
 def _production_data(config: DetectConfig, base: Dataset, production: Dataset | None,
-                     prod_ix) -> tuple[Dataset | None, dict]:
+                     prod_ix) -> tuple[Dataset | None, np.ndarray | None, dict]:
+    """The production data after the scenario, their labels before it (None without data) and
+    the scenario's record."""
     if production is None and config.production:
         production = data_lib.load(config.production)
     if production is None and prod_ix is not None:
         production = base.subset(prod_ix, f"{base.name}[production]")
     if production is None:
-        return None, {"name": "none (production model given)", "severity": 0}
+        return None, None, {"name": "none (production model given)", "severity": 0}
     if production.image_shape != base.image_shape or production.num_classes != base.num_classes:
         raise DriftJaxError(f"production data ({production.image_shape}, "
                             f"{production.num_classes} classes) does not match the base data "
@@ -189,8 +194,9 @@ def _production_data(config: DetectConfig, base: Dataset, production: Dataset | 
                                          key, config.severity, **config.scenario_params)
     drifted = Dataset(images, labels, production.class_names, f"{production.name}"
                       f"+{config.scenario}@{config.severity}")
-    return drifted, {"name": config.scenario, "severity": config.severity,
-                     "params": config.scenario_params, "production_size": len(drifted)}
+    return drifted, production.labels, {
+        "name": config.scenario, "severity": config.severity, "params": config.scenario_params,
+        "production_size": len(drifted)}
 
 
 @dataclasses.dataclass
@@ -230,21 +236,45 @@ def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
     split_production = production is None and not config.production and \
         not config.production_model
     split = _splits(config, base_labels, pool.num_classes, split_production, holdout_ix)
-    prod_data, scenario = _production_data(config, pool, production, split["production"])
-    size = len(prod_data) if prod_data is not None else len(split["base"])
+    prod_data, null_labels, scenario = _production_data(config, pool, production,
+                                                        split["production"])
+    if null_labels is None:  # a production model: controls the base data's size
+        null_labels = base_labels[split["base"]]
     reference = len(split["reference"])
-    if config.controls and reference < size:
+    if config.controls and reference < len(null_labels):
         raise DriftJaxError(
-            f"the reference pool has {reference} images, fewer than the {size} each control "
-            "model must train on (the production data's size); raise reference_fraction or "
-            "lower production_fraction / base_fraction.")
-    candidates = reference + (size if config.control_data == "pooled" and prod_data is not None
-                              else 0)
-    rng = np.random.default_rng(config.seed + 1)
-    draws = [rng.choice(candidates, size, replace=False) for _ in range(config.controls)]
+            f"the reference pool has {reference} images, fewer than the {len(null_labels)} each "
+            "control model must train on (the production data's size); raise "
+            "reference_fraction or lower production_fraction / base_fraction.")
+    candidates = base_labels[split["reference"]]
+    if config.control_data == "pooled" and prod_data is not None:
+        candidates = np.concatenate([candidates, null_labels])
+    draws = _control_draws(config, candidates, null_labels, pool.num_classes)
     keys = dict(zip(("init", "train", "invert", "attack", "test"),
                     jax.random.split(jax.random.key(config.seed), 5)))
     return _SeedPlan(config, split, prod_data, scenario, draws, keys)
+
+
+def _control_draws(config: DetectConfig, candidates: np.ndarray, null_labels: np.ndarray,
+                   num_classes: int) -> list[np.ndarray]:
+    """Each control's positions into its candidates (labels ``candidates``): as many as the
+    production data's, at random, or with ``stratify_controls`` per class as many as the
+    production data's labels before the scenario (``null_labels``) hold."""
+    rng = np.random.default_rng(config.seed + 1)
+    size = len(null_labels)
+    if not config.stratify_controls:
+        return [rng.choice(len(candidates), size, replace=False) for _ in range(config.controls)]
+    counts = np.bincount(null_labels, minlength=num_classes)
+    strata = [np.flatnonzero(candidates == c) for c in range(num_classes)]
+    short = [c for c in range(num_classes) if len(strata[c]) < counts[c]]
+    if config.controls and short:
+        c = short[0]
+        raise DriftJaxError(
+            f"stratified controls need {counts[c]} images of class {c} each, the control pool "
+            f"has {len(strata[c])}; raise reference_fraction or set stratify_controls=false.")
+    return [np.concatenate([rng.choice(stratum, n, replace=False)
+                            for stratum, n in zip(strata, counts)])
+            for _ in range(config.controls)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +330,8 @@ def _train_all(spec: ModelSpec, config: DetectConfig, data: _StackedData,
 
 TRAINING_KEYS = ("base", "production", "production_model", "holdout", "scenario", "severity",
                  "scenario_params", "arch", "base_fraction", "production_fraction",
-                 "reference_fraction", "controls", "control_data", "train")
+                 "reference_fraction", "controls", "control_data", "stratify_controls",
+                 "train")
 
 
 class TrainedCache:

@@ -282,3 +282,59 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
                 classes, samples).mean(-1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(found["self_confidence"], stats.clipped_logit(confidence).reshape(
         seeds, group, classes, samples).mean(-1), rtol=1e-6)
+
+
+def test_pooled_controls_overlap_the_production_data_as_they_overlap_each_other():
+    """``control_data="pooled"``: controls are production-sized subsets of the reference pool
+    and the production data together, so the production model's training set is distributed
+    like a control's under no drift (exchangeable); by default they never see production data."""
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import _plan, _StackedData
+
+    ds, labels = data.digits(), []
+
+    def control_sets(control_data, *overrides):
+        cfg = with_overrides(DetectConfig(), ["controls=40", f'control_data="{control_data}"',
+                                              'scenario="none"', *overrides])
+        plan = _plan(cfg, ds, ds.labels, None, None)
+        stacked = _StackedData.build(ds, [plan])
+        production = stacked.production[0]
+        labels.append(stacked.labels)  # of the pool, then of the production data
+        return plan, set(production.tolist()), [set(r.tolist()) for r in
+                                                plan.control_rows(production)]
+
+    plan, production, controls = control_sets("reference")
+    assert all(len(c) == len(production) and not c & production for c in controls)
+    plan, production, controls = control_sets("pooled")
+    allowed = production | set(plan.split["reference"].tolist())
+    assert all(len(c) == len(production) and c <= allowed for c in controls)
+    with_production = np.mean([len(c & production) for c in controls])
+    with_each_other = np.mean([len(a & b) for i, a in enumerate(controls)
+                               for b in controls[i + 1:]])
+    expected = len(production) ** 2 / len(allowed)  # hypergeometric mean
+    assert abs(with_production - expected) < 0.05 * expected
+    assert abs(with_each_other - expected) < 0.05 * expected
+    # stratified: every control has the production data's class counts (a plain draw does not)
+    def counts(rows):
+        return np.bincount(labels[-1][sorted(rows)], minlength=10)
+
+    assert any((counts(c) != counts(production)).any() for c in controls)
+    plan, production, controls = control_sets("pooled", "stratify_controls=true")
+    assert all((counts(c) == counts(production)).all() and c <= allowed for c in controls)
+    with_production = np.mean([len(c & production) for c in controls])
+    assert abs(with_production - expected) < 0.05 * expected
+
+
+def test_pooled_controls_run_end_to_end_and_fall_back_without_production_data(tmp_path):
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import _plan
+
+    ds = data.synthetic(n=400, classes=4, size=8)
+    cfg = with_overrides(DetectConfig(base="synthetic"), ['control_data="pooled"', *SMALL])
+    report = detect_drift(cfg, base=ds, progress=False)
+    assert 0 < report.p_value <= 1 and len(report.attacks["rule_based"]["control_scores"]) == 3
+    spec, prod = save_production_model(tmp_path / "prod")
+    given = with_overrides(cfg, [f'production_model="{prod}"'])
+    plan = _plan(given, ds, ds.labels, None, None)  # no production data: the pool alone
+    assert not plan.pooled and all(np.isin(r, plan.split["reference"]).all()
+                                   for r in plan.control_rows(np.zeros(0, np.int64)))
