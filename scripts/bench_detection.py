@@ -80,7 +80,7 @@ VARIANTS = {"m19": (["controls=19", "inversion.samples_per_class=8"], ATTACKS),
             "m49_3a": (["controls=49"], THREE_ATTACKS),
             "m19_s16_3a": (["controls=19", "inversion.samples_per_class=16"], THREE_ATTACKS)}
 # the same with pooled controls (`DetectConfig.control_data`), and class-stratified too (session 12)
-DESIGNS = {"pooled": ['control_data="pooled"'],
+DESIGNS = {"pooled": ['control_data="pooled"'], "strat": ["stratify_controls=true"],
            "pooled_strat": ['control_data="pooled"', "stratify_controls=true"]}
 VARIANTS.update({f"{name}_{design}": ([*overrides, *extra], attacks)
                  for name, (overrides, attacks) in list(VARIANTS.items())
