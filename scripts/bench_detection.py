@@ -3,7 +3,8 @@
 statistic x class combination (one run gives them all: `report.attacks[a]["statistics"]`), plus
 the baselines. Power at alpha = 0.05 is the fraction of seeds with p <= alpha; under `none` it is
 the false-positive rate. Writes benchmarks/power.json after every point (a killed benchmark
-resumes where it stopped), the power section of BENCHMARKS.md and docs/figures/power_*.png.
+resumes where it stopped; a larger --seeds runs only the seeds a
+point lacks), the power section of BENCHMARKS.md and docs/figures/power_*.png.
 
   python scripts/bench_detection.py --datasets digits            # 31 points x 10 seeds, M = 19
   python scripts/bench_detection.py --datasets mnist --seeds 5 --variant m19_3a \
@@ -153,11 +154,14 @@ def main() -> None:
                 if f"{s}@{v}" == point]
             for scenario, severity in plan:
                 key = f"{name}[{args.variant}]/{scenario}/{severity}"
-                seeds = list(range(args.none_seeds if scenario == "none" else args.seeds))
-                if len(points.get(key, [])) >= len(seeds):
+                # seeds not yet run: raising --seeds adds seeds to a stored point
+                done = {r["seed"] for r in points.get(key, [])}
+                seeds = [s for s in range(args.none_seeds if scenario == "none" else args.seeds)
+                         if s not in done]
+                if not seeds:
                     continue
-                points[key] = run_point(ds, name, scenario, severity, seeds, args.variant,
-                                        args.confusion)
+                points[key] = points.get(key, []) + run_point(
+                    ds, name, scenario, severity, seeds, args.variant, args.confusion)
                 print(f"{key}: {summary(points[key])}", flush=True)
                 atomic_write_json(out, {"machine": machine(), "alpha": ALPHA, "points": points},
                                   indent=None)  # per-class statistics of 50 models per run
