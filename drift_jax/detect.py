@@ -44,17 +44,18 @@ from drift_jax.report import DriftReport
 from drift_jax.validate import bounded, check_fields
 
 ATTACKS = tuple(membership.ATTACKS)
+# Per-class statistics of the models themselves, beside each attack's statistics of the base
+# model's scores (`_model_statistics`; the same for every attack).
+MODEL_STATISTICS = ("self_confidence", "reverse")
 # stat="omnibus": one statistic for a change spread over classes, two for a change that lives in
 # one or two classes, the second on the logit scale (which does not compress classes near their
-# ceiling: on MNIST it finds swaps and relabels the AUC misses; issue 13's power curves,
-# docs/RESULTS.md); the first one's per-class statistic localises
+# ceiling: on MNIST it finds swaps and relabels the AUC misses), and the two model statistics,
+# which see the partial relabels that leave the gray data's prototypes in place (issue 13's power
+# curves, docs/RESULTS.md, sessions 10-12); the first one's per-class statistic localises. A
+# re-test without the models (mitigation) combines the parts it has.
 OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"),
-           ("logit_mean", "largest_deficit"))
-# Per-class statistics of the models themselves, beside each attack's statistics of the base
-# model's scores (`_model_statistics`; the same for every attack). Not in `OMNIBUS`: they find
-# MNIST's partial relabels and swaps, but under no drift the production model sits in the
-# controls' lower tail too often (the controls share training data; docs/RESULTS.md, session 11).
-MODEL_STATISTICS = ("self_confidence", "reverse")
+           ("logit_mean", "largest_deficit"), ("self_confidence", "class_mean"),
+           ("reverse", "two_largest_deficits"))
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
 
@@ -64,9 +65,10 @@ class DetectConfig:
     """`drift-jax detect`. Defaults run on the embedded digits in under a minute on 2 CPU
     cores. They were chosen from issue 13's power curves (docs/RESULTS.md): 49 controls (the
     smallest attainable p-value is 1 / (M + 1)), 16 gray images per class and model (8 left the
-    severity-2 relabel at power 0.6) and the rule-based attack's target probability, combined
-    by `OMNIBUS`. ``stat="fraction"``, ``controls=19`` is the original protocol's
-    member fraction; for larger data use more samples per class and the regularised inversion."""
+    severity-2 relabel at power 0.6) and the rule-based attack's target probability with the
+    models' own statistics, combined by `OMNIBUS`. ``stat="fraction"``, ``controls=19`` is the
+    original protocol's member fraction; for larger data use more samples per class and the
+    regularised inversion."""
 
     base: str = "digits"
     production: str | None = None  # a spec; None: split production data off the base data
@@ -468,7 +470,7 @@ def _combined_scores(class_statistics: dict) -> dict:
                                                            combine)
                 for stat, combine in itertools.product(class_statistics, stats_lib.COMBINATIONS)}
     combined["omnibus", "min_rank"] = stats_lib.min_rank(
-        np.stack([combined[part] for part in OMNIBUS]), models)
+        np.stack([combined[part] for part in OMNIBUS if part in combined]), models)
     return combined
 
 

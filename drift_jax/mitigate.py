@@ -373,7 +373,10 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
     attack (fitted against the candidate as detect fits it against the base model) scores the
     candidate's own gray data, the production model's and the controls' (the run's gray data;
     the candidates are inverted as one stack), and the production model's score is ranked among
-    the controls'. The base model's row repeats the run's test. One dict per candidate:
+    the controls'. The omnibus combines the attack's parts of `detect.OMNIBUS` only: its model
+    statistics need the control models, which a run does not keep (and self-confidence does not
+    involve the base model at all). The base model's row repeats that test. One dict per
+    candidate:
     ``p_value``, ``is_drift`` and the classes still flagged."""
     cfg, spec = run.config, run.spec
     k, c = len(candidates.names), spec.num_classes

@@ -40,7 +40,7 @@ from bench_common import RECIPES, load_dataset, machine, machine_label, update_s
 from offline_statistics import update  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
-from drift_jax.detect import DetectConfig, detect_drift_seeds  # noqa: E402
+from drift_jax.detect import OMNIBUS, DetectConfig, detect_drift_seeds  # noqa: E402
 from drift_jax.files import atomic_write_json  # noqa: E402
 
 ALPHA = 0.05
@@ -116,6 +116,7 @@ def run_point(ds, name: str, scenario: str, severity: int, seeds: list[int],
                     "timings": report.timings,  # per stage, all seeds together, and compiles
                     # the statistic that decided (and gated `named`): the default may change
                     "decided_by": f"{cfg.primary_attack}:{decision}",
+                    "omnibus_parts": [list(part) for part in OMNIBUS],  # what "omnibus" was
                     # the primary attack's per-class statistics of every model (base,
                     # production, controls): other combinations can be evaluated offline
                     "class_statistics": report.attacks[cfg.primary_attack]["class_statistics"]})
@@ -182,7 +183,7 @@ def power(runs: list[dict], method: str) -> float:
 
 
 def summary(runs: list[dict]) -> str:
-    shown = [PRIMARY, "rule_based:omnibus[+self_confidence,reverse]/min_rank",
+    shown = [PRIMARY, "rule_based:omnibus[mean,auc,logit_mean]/min_rank",
              "baseline:disagreement"]
     return ", ".join(f"{m} {power(runs, m):.1f}" for m in shown) + \
         f"; {runs[0]['seconds'] * len(runs):.0f} s"
@@ -240,9 +241,11 @@ def write_markdown(points: dict, machines: dict[str, str]) -> None:
             "fraction/class_mean", "mean/class_mean", "auc/two_largest_deficits",
             "logit_mean/largest_deficit", "self_confidence/class_mean",
             "reverse/two_largest_deficits", "omnibus/min_rank", "omnibus[mean,auc]/min_rank",
-            "omnibus[+self_confidence,reverse]/min_rank")]
+            "omnibus[mean,auc,logit_mean]/min_rank")]
         shown += [m for m in methods if m.startswith("baseline:")]
         slug = name.replace("[", "_").replace("]", "")
+        if not scenarios:  # only `none` (a calibration run): no curve to draw
+            continue
         figures.rate_against(ROOT / "docs" / "figures" / f"power_{slug}.png", table,
                              "severity", shown, ["scenario"])
     seconds = {n: np.median([r["seconds"] for k, runs in points.items() if k.startswith(n)

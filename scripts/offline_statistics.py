@@ -29,10 +29,12 @@ ALPHA = 0.05
 
 # the default omnibus of sessions 6-9, before `OMNIBUS` gained the logit mean's largest deficit
 TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
-# the default omnibus with the model statistics (`detect.MODEL_STATISTICS`), session 11's
-# candidate: stored as "omnibus[+self_confidence,reverse]"
-WITH_MODEL_STATISTICS = (*OMNIBUS, ("self_confidence", "class_mean"),
-                         ("reverse", "two_largest_deficits"))
+# the default of sessions 10-12 (before the model statistics joined): stored as
+# "omnibus[mean,auc,logit_mean]"
+THREE_PART_OMNIBUS = (*TWO_PART_OMNIBUS, ("logit_mean", "largest_deficit"))
+# session 11's candidate with the model statistics, `OMNIBUS` since session 12: stored as
+# "omnibus[+self_confidence,reverse]" too, so that every run's figure for it has one name
+WITH_MODEL_STATISTICS = OMNIBUS
 
 
 def _per_class(run: dict) -> dict[str, np.ndarray]:
@@ -52,12 +54,12 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
         return stats.min_rank(np.stack([*(stats.combine_classes(per_class[s], models, c)
                                           for s, c in parts), *more]), models)
 
-    out = {"omnibus (default)": omnibus(OMNIBUS),
+    out = {"omnibus of sessions 10-12 (mean, auc, logit_mean)": omnibus(THREE_PART_OMNIBUS),
            "omnibus of sessions 6-9 (mean, auc)": omnibus(TWO_PART_OMNIBUS),
            "logit_mean / largest_deficit": stats.combine_classes(
                per_class["logit_mean"], models, "largest_deficit")}
     if all(s in per_class for s in MODEL_STATISTICS):  # runs since session 11
-        out["omnibus[+self_confidence,reverse]"] = omnibus(WITH_MODEL_STATISTICS)
+        out["omnibus (default)"] = omnibus(OMNIBUS)
     if run.get("confusion"):
         confusion = stats.clipped_logit(np.asarray(run["confusion"]))  # [G, C, C]
         off_target = ~np.eye(confusion.shape[-1], dtype=bool)
@@ -72,7 +74,8 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
                 "confusion pairs / two_largest_deficits": pair_two,
                 "confusion peak / two_largest_deficits": stats.combine_classes(
                     peak, models, "two_largest_deficits"),
-                "omnibus + confusion pairs / two_largest_deficits": omnibus(OMNIBUS, pair_two)}
+                "omnibus[mean,auc,logit_mean] + confusion pairs / two_largest_deficits":
+                    omnibus(THREE_PART_OMNIBUS, pair_two)}
     return out
 
 
@@ -85,27 +88,37 @@ def p_values(run: dict) -> dict[str, float]:
 def update(run: dict) -> None:
     """Brings a stored run up to today's statistics, in place and idempotently. A run with an
     omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9: its
-    omnibus p-values are renamed ``omnibus[mean,auc]``. From stored per-class statistics (the
-    primary, rule-based attack's) it adds what the run predates: the logit mean's statistics,
-    today's omnibus (`OMNIBUS`), the two-part one and, where the model statistics are stored,
-    `WITH_MODEL_STATISTICS`; each added key is listed in
-    ``recomputed_offline``."""
+    omnibus p-values are renamed ``omnibus[mean,auc]``. A run without ``omnibus_parts`` predates
+    session 12, whose `OMNIBUS` gained the model statistics: its omnibus (the three-part one of
+    sessions 10-12, stored or recomputed) is renamed ``omnibus[mean,auc,logit_mean]``. From
+    stored per-class statistics (the primary, rule-based attack's) it adds what the run
+    predates: the logit mean's statistics, every earlier omnibus and, where the model
+    statistics are stored, today's (`OMNIBUS`, also as ``omnibus[+self_confidence,reverse]``);
+    each added key is listed in ``recomputed_offline``."""
     p = run["p_values"]
     if "decided_by" not in run and "rule_based:omnibus/min_rank" in p:
         for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
             p[key.replace(":omnibus/", ":omnibus[mean,auc]/")] = p.pop(key)
         run["decided_by"] = "rule_based:omnibus[mean,auc]/min_rank"
+    if "omnibus_parts" not in run:
+        for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
+            p[key.replace(":omnibus/", ":omnibus[mean,auc,logit_mean]/")] = p.pop(key)
+        if run.get("decided_by") == "rule_based:omnibus/min_rank":
+            run["decided_by"] = "rule_based:omnibus[mean,auc,logit_mean]/min_rank"
+        run["omnibus_parts"] = [list(part) for part in OMNIBUS]
     if not run.get("class_statistics"):
         return
     scores, logit_mean = candidate_scores(run), _per_class(run)["logit_mean"]
     models = np.arange(1, logit_mean.shape[0])
     wanted = {f"rule_based:logit_mean/{c}": stats.combine_classes(logit_mean, models, c)
               for c in stats.COMBINATIONS}
-    wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
     wanted["rule_based:omnibus[mean,auc]/min_rank"] = scores["omnibus of sessions 6-9 (mean, auc)"]
-    if "omnibus[+self_confidence,reverse]" in scores:
+    wanted["rule_based:omnibus[mean,auc,logit_mean]/min_rank"] = scores[
+        "omnibus of sessions 10-12 (mean, auc, logit_mean)"]
+    if "omnibus (default)" in scores:
+        wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
         wanted["rule_based:omnibus[+self_confidence,reverse]/min_rank"] = scores[
-            "omnibus[+self_confidence,reverse]"]
+            "omnibus (default)"]
     added = {k: v for k, v in wanted.items() if k not in p}
     p.update({k: float(stats.calibrated_p_value(v[2:], v[1])) for k, v in added.items()})
     if added:
