@@ -3,8 +3,8 @@
 statistic x class combination (one run gives them all: `report.attacks[a]["statistics"]`), plus
 the baselines. Power at alpha = 0.05 is the fraction of seeds with p <= alpha; under `none` it is
 the false-positive rate. Writes benchmarks/power.json after every point (a killed benchmark
-resumes where it stopped; a larger --seeds runs only the seeds a
-point lacks), the power section of BENCHMARKS.md and docs/figures/power_*.png.
+resumes where it stopped; a larger --seeds runs only the seeds a point lacks), the power
+section of BENCHMARKS.md and docs/figures/power_*.png.
 
   python scripts/bench_detection.py --datasets digits            # 31 points x 10 seeds, M = 19
   python scripts/bench_detection.py --datasets mnist --seeds 5 --variant m19_3a \

@@ -32,9 +32,6 @@ TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
 # the default of sessions 10-12 (before the model statistics joined): stored as
 # "omnibus[mean,auc,logit_mean]"
 THREE_PART_OMNIBUS = (*TWO_PART_OMNIBUS, ("logit_mean", "largest_deficit"))
-# session 11's candidate with the model statistics, `OMNIBUS` since session 12: stored as
-# "omnibus[+self_confidence,reverse]" too, so that every run's figure for it has one name
-WITH_MODEL_STATISTICS = OMNIBUS
 
 
 def _per_class(run: dict) -> dict[str, np.ndarray]:
