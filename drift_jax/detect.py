@@ -210,15 +210,12 @@ class _SeedPlan:
     production: Dataset | None
     scenario: dict
     control_draws: list[np.ndarray]  # per control, positions into `control_rows`' candidates
+    pooled: bool  # controls drawn from the reference pool and the production data
     keys: dict  # init, train, invert, attack, test
 
     @property
     def group_size(self) -> int:  # base, production, controls
         return 2 + self.config.controls
-
-    @property
-    def pooled(self) -> bool:
-        return self.config.control_data == "pooled" and self.production is not None
 
     def control_rows(self, production_rows: np.ndarray) -> list[np.ndarray]:
         """Each control's training rows: a subset of the reference pool, or with ``pooled``
@@ -248,13 +245,14 @@ def _plan(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
             f"the reference pool has {reference} images, fewer than the {len(null_labels)} each "
             "control model must train on (the production data's size); raise "
             "reference_fraction or lower production_fraction / base_fraction.")
+    pooled = config.control_data == "pooled" and prod_data is not None  # else: the pool alone
     candidates = base_labels[split["reference"]]
-    if config.control_data == "pooled" and prod_data is not None:
+    if pooled:
         candidates = np.concatenate([candidates, null_labels])
     draws = _control_draws(config, candidates, null_labels, pool.num_classes)
     keys = dict(zip(("init", "train", "invert", "attack", "test"),
                     jax.random.split(jax.random.key(config.seed), 5)))
-    return _SeedPlan(config, split, prod_data, scenario, draws, keys)
+    return _SeedPlan(config, split, prod_data, scenario, draws, pooled, keys)
 
 
 def _control_draws(config: DetectConfig, candidates: np.ndarray, null_labels: np.ndarray,

@@ -27,11 +27,10 @@ from drift_jax.files import atomic_write_json  # noqa: E402
 ALPHA = 0.05
 
 
-# the default omnibus of sessions 6-9, before `OMNIBUS` gained the logit mean's largest deficit
-TWO_PART_OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"))
-# the default of sessions 10-12 (before the model statistics joined): stored as
-# "omnibus[mean,auc,logit_mean]"
-THREE_PART_OMNIBUS = (*TWO_PART_OMNIBUS, ("logit_mean", "largest_deficit"))
+# earlier default omnibuses, by the name their p-values are stored under once renamed: sessions
+# 6-9's, before `OMNIBUS` gained the logit mean's largest deficit, and sessions 10-12's, before
+# the model statistics (`detect.MODEL_STATISTICS`) joined it
+EARLIER_OMNIBUS = {"omnibus[mean,auc]": OMNIBUS[:2], "omnibus[mean,auc,logit_mean]": OMNIBUS[:3]}
 
 
 def _per_class(run: dict) -> dict[str, np.ndarray]:
@@ -51,10 +50,9 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
         return stats.min_rank(np.stack([*(stats.combine_classes(per_class[s], models, c)
                                           for s, c in parts), *more]), models)
 
-    out = {"omnibus of sessions 10-12 (mean, auc, logit_mean)": omnibus(THREE_PART_OMNIBUS),
-           "omnibus of sessions 6-9 (mean, auc)": omnibus(TWO_PART_OMNIBUS),
-           "logit_mean / largest_deficit": stats.combine_classes(
-               per_class["logit_mean"], models, "largest_deficit")}
+    out = {name: omnibus(parts) for name, parts in EARLIER_OMNIBUS.items()}
+    out["logit_mean / largest_deficit"] = stats.combine_classes(per_class["logit_mean"], models,
+                                                                "largest_deficit")
     if all(s in per_class for s in MODEL_STATISTICS):  # runs since session 11
         out["omnibus (default)"] = omnibus(OMNIBUS)
     if run.get("confusion"):
@@ -72,7 +70,7 @@ def candidate_scores(run: dict) -> dict[str, np.ndarray]:
                 "confusion peak / two_largest_deficits": stats.combine_classes(
                     peak, models, "two_largest_deficits"),
                 "omnibus[mean,auc,logit_mean] + confusion pairs / two_largest_deficits":
-                    omnibus(THREE_PART_OMNIBUS, pair_two)}
+                    omnibus(OMNIBUS[:3], pair_two)}
     return out
 
 
@@ -82,26 +80,35 @@ def p_values(run: dict) -> dict[str, float]:
             for name, score in candidate_scores(run).items()}
 
 
+def _rename_omnibus(run: dict, name: str) -> None:
+    """A run that stored an earlier omnibus: its omnibus p-values (of every attack) and, where
+    it decided the run, ``decided_by`` take that omnibus' name."""
+    p = run["p_values"]
+    for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
+        p[key.replace(":omnibus/", f":{name}/")] = p.pop(key)
+    if "recomputed_offline" in run:
+        run["recomputed_offline"] = sorted(k.replace(":omnibus/", f":{name}/")
+                                           for k in run["recomputed_offline"])
+    if run.get("decided_by") == "rule_based:omnibus/min_rank":
+        run["decided_by"] = f"rule_based:{name}/min_rank"
+
+
 def update(run: dict) -> None:
     """Brings a stored run up to today's statistics, in place and idempotently. A run with an
-    omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9: its
-    omnibus p-values are renamed ``omnibus[mean,auc]``. A run without ``omnibus_parts`` predates
-    session 12, whose `OMNIBUS` gained the model statistics: its omnibus (the three-part one of
-    sessions 10-12, stored or recomputed) is renamed ``omnibus[mean,auc,logit_mean]``. From
-    stored per-class statistics (the primary, rule-based attack's) it adds what the run
-    predates: the logit mean's statistics, every earlier omnibus and, where the model
-    statistics are stored, today's (`OMNIBUS`, also as ``omnibus[+self_confidence,reverse]``);
-    each added key is listed in ``recomputed_offline``."""
+    omnibus but no ``decided_by`` was decided by the two-part omnibus of sessions 6-9; one
+    without ``omnibus_parts`` predates session 12, whose `OMNIBUS` gained the model statistics,
+    and stored the three-part one of sessions 10-12: their omnibus p-values are renamed
+    (`EARLIER_OMNIBUS`). From stored per-class statistics (the primary, rule-based attack's) it
+    adds what the run predates: the logit mean's statistics, the earlier omnibuses and, where
+    the model statistics are stored, today's (`OMNIBUS`, also under session 11's name for it,
+    ``omnibus[+self_confidence,reverse]``); each added key is listed in
+    ``recomputed_offline``."""
     p = run["p_values"]
-    if "decided_by" not in run and "rule_based:omnibus/min_rank" in p:
-        for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
-            p[key.replace(":omnibus/", ":omnibus[mean,auc]/")] = p.pop(key)
-        run["decided_by"] = "rule_based:omnibus[mean,auc]/min_rank"
+    if "rule_based:omnibus/min_rank" in p and "decided_by" not in run:
+        run["decided_by"] = "rule_based:omnibus/min_rank"  # the omnibus of its time
+        _rename_omnibus(run, "omnibus[mean,auc]")
     if "omnibus_parts" not in run:
-        for key in [k for k in p if k.endswith(":omnibus/min_rank")]:
-            p[key.replace(":omnibus/", ":omnibus[mean,auc,logit_mean]/")] = p.pop(key)
-        if run.get("decided_by") == "rule_based:omnibus/min_rank":
-            run["decided_by"] = "rule_based:omnibus[mean,auc,logit_mean]/min_rank"
+        _rename_omnibus(run, "omnibus[mean,auc,logit_mean]")
         run["omnibus_parts"] = [list(part) for part in OMNIBUS]
     if not run.get("class_statistics"):
         return
@@ -109,9 +116,7 @@ def update(run: dict) -> None:
     models = np.arange(1, logit_mean.shape[0])
     wanted = {f"rule_based:logit_mean/{c}": stats.combine_classes(logit_mean, models, c)
               for c in stats.COMBINATIONS}
-    wanted["rule_based:omnibus[mean,auc]/min_rank"] = scores["omnibus of sessions 6-9 (mean, auc)"]
-    wanted["rule_based:omnibus[mean,auc,logit_mean]/min_rank"] = scores[
-        "omnibus of sessions 10-12 (mean, auc, logit_mean)"]
+    wanted |= {f"rule_based:{name}/min_rank": scores[name] for name in EARLIER_OMNIBUS}
     if "omnibus (default)" in scores:
         wanted["rule_based:omnibus/min_rank"] = scores["omnibus (default)"]
         wanted["rule_based:omnibus[+self_confidence,reverse]/min_rank"] = scores[
