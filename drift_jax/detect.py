@@ -51,11 +51,19 @@ MODEL_STATISTICS = ("self_confidence", "reverse")
 # one or two classes, the second on the logit scale (which does not compress classes near their
 # ceiling: on MNIST it finds swaps and relabels the AUC misses), and the two model statistics,
 # which see the partial relabels that leave the gray data's prototypes in place (issue 13's power
-# curves, docs/RESULTS.md, sessions 10-12); the first one's per-class statistic localises. A
-# re-test without the models (mitigation) combines the parts it has.
+# curves, docs/RESULTS.md, sessions 10-12). A re-test without the models (mitigation) combines
+# the parts it has.
 OMNIBUS = (("mean", "class_mean"), ("auc", "two_largest_deficits"),
            ("logit_mean", "largest_deficit"), ("self_confidence", "class_mean"),
            ("reverse", "two_largest_deficits"))
+# stat="omnibus" localises by the per-class statistics of its parts that are continuous in every
+# model: the mean score (for the membership attack) and the models' own two. The AUC sits at its
+# floor for every model and the logit mean repeats the mean (offline on the stored power runs,
+# session 13: docs/RESULTS.md); the model statistics name the classes a partial relabel leaves
+# the base model's scores blind to. Another ``stat`` localises by the mean score alone.
+LOCALISATION_STATISTICS = ("mean", "self_confidence", "reverse")
+# the two questions `partner_tests` asks about a flagged class: who reads whose gray data
+PARTNER_DIRECTIONS = ("base_reads_production", "production_reads_base")
 BASELINES = ("disagreement", "bbsd", "mmd")
 SEED_RULE_RATIO = 0.75
 
@@ -472,6 +480,22 @@ def _combined_scores(class_statistics: dict) -> dict:
     return combined
 
 
+def _class_p_values(class_statistics: dict, names: list[str], controls: np.ndarray) -> np.ndarray:
+    """One-sided p-values [S, statistics, C] that the production model's (model 1) class
+    statistic is low among the controls' (`stats.prediction_p_value`), for each of ``names`` of
+    ``class_statistics`` [S, models, C]. The mean score on the logit scale: a class mean near its
+    ceiling of 1 has a long lower tail across models, which the t interval would read as drift
+    (offline on digits: the rate of undrifted models with a class flagged drops from 0.21 to
+    0.07); the model statistics are mean logits already."""
+    out = []
+    for name in names:
+        v = class_statistics[name]
+        if name == "mean":
+            v = stats_lib.clipped_logit(v, clip=1e-4)
+        out.append(stats_lib.prediction_p_value(v[:, controls].transpose(1, 0, 2), v[:, 1]))
+    return np.stack(out, 1)
+
+
 def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
                   config: DetectConfig, test_keys: jax.Array, attack_index: int,
                   model_statistics: dict | None = None) -> list[dict]:
@@ -486,7 +510,7 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
     controls = np.arange(2, num_models)
     calibrated = len(controls) > 0
     # every statistic's per-class values [S, models, C], reported so that any combination can be
-    # evaluated offline; the omnibus localises by its first statistic's
+    # evaluated offline
     class_statistics = {**{stat: stats_lib.per_class_statistic(values, probability, stat)
                            for stat in stats_lib.STATISTICS}, **(model_statistics or {})}
     per_class = class_statistics[OMNIBUS[0][0] if config.stat == "omnibus" else config.stat]
@@ -503,19 +527,24 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
                                        config.permutations)
     if calibrated:
         # Localisation: a rank among M controls cannot survive a correction over C classes
-        # unless M >= C / alpha, so each class's mean continuous score is compared with the
-        # controls' by a t prediction interval (each model counted once), then corrected. The
-        # mean whatever the decision's statistic: a member fraction of a few images is discrete
-        # and often at its ceiling for every control, where any deviation would look infinite.
-        # On the logit scale: a class mean near its ceiling of 1 has a long lower tail across
-        # models, which the t interval would read as drift (offline on digits: the rate of
-        # undrifted models with a class flagged drops from 0.21 to 0.07).
+        # unless M >= C / alpha, so each class statistic is compared with the controls' by a t
+        # prediction interval (each model counted once), then corrected over classes x
+        # statistics; a class is flagged when one of its statistics is.
         rank_p = stats_lib.calibrated_p_value(per_class[:, controls].transpose(1, 0, 2),
                                               per_class[:, 1])
-        class_logits = stats_lib.clipped_logit(values.mean(-1), clip=1e-4)
-        class_p = (stats_lib.prediction_p_value(class_logits[:, controls].transpose(1, 0, 2),
-                                                class_logits[:, 1])
-                   if len(controls) > 1 else rank_p)
+        # any other stat localises by the mean score: a member fraction of a few images is
+        # discrete and often at its ceiling for every control
+        localise_by = ([s for s in LOCALISATION_STATISTICS if s in class_statistics]
+                       if config.stat == "omnibus" else ["mean"])
+        if len(controls) > 1:
+            by_statistic = _class_p_values(class_statistics, localise_by, controls)
+        else:  # one control has no spread: the rank of the decision's per-class statistic
+            localise_by, by_statistic = ["rank"], rank_p[:, None]  # [S, statistics, C]
+        correct = stats_lib.CORRECTIONS[config.correction]
+        class_corrected = np.stack([correct(p.ravel()).reshape(p.shape).min(0)
+                                    for p in by_statistic])
+        # per class, Bonferroni over its statistics
+        class_p = np.minimum(by_statistic.min(1) * by_statistic.shape[1], 1.0)
         every = {f"{stat}/{combine}": stats_lib.calibrated_p_value(o[:, controls].T, o[:, 1])
                  for (stat, combine), o in combined.items()}
         p_value = every[f"{config.stat}/{config.combination}"]
@@ -538,8 +567,9 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
                 "control_mean": per_class[s, controls].mean(0).tolist() if calibrated else None,
                 "p_value_rank": rank_p[s].tolist() if calibrated else None,
                 "p_value": class_p[s].tolist() if calibrated else None,
-                "p_value_corrected": (stats_lib.CORRECTIONS[config.correction](class_p[s])
-                                      .tolist() if calibrated else None)},
+                "p_value_corrected": class_corrected[s].tolist() if calibrated else None,
+                "p_value_by_statistic": ({name: p.tolist() for name, p in zip(
+                    localise_by, by_statistic[s])} if calibrated else None)},
             "permutation_test": {"statistic": float(perm["statistic"][s]),
                                  "p_value": float(perm["p_value"][s])},
             "seed_rule": {"ratio": SEED_RULE_RATIO,
@@ -547,8 +577,20 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
     return out
 
 
-def _model_statistics(spec: ModelSpec, trained: dict, gray: GrayData,
-                      num_seeds: int) -> dict[str, np.ndarray]:
+def _answers_on_base_gray(spec: ModelSpec, trained: dict, gray: GrayData,
+                          num_seeds: int) -> np.ndarray:
+    """Every model's class probabilities [S, models, C, samples, classes] on its seed's base
+    model's gray images (model 0 the base model, 1 the production model, then the controls), in
+    one batched inference call."""
+    group = gray.images.shape[0] // num_seeds
+    c, samples = gray.images.shape[1:3]
+    base_gray = gray.images.reshape(num_seeds, group, c * samples, *gray.images.shape[3:])[:, 0]
+    index = np.repeat(np.arange(num_seeds * c * samples).reshape(num_seeds, -1), group, axis=0)
+    logits = stack.predict(spec, trained, base_gray.reshape(-1, *base_gray.shape[2:]), index)
+    return special.softmax(logits, axis=-1).reshape(num_seeds, group, c, samples, -1)
+
+
+def _model_statistics(gray: GrayData, on_base_gray: np.ndarray) -> dict[str, np.ndarray]:
     """Per-class statistics [S, models, C] that ask each model of a seed (base, production,
     controls) instead of the base model, as mean clipped logits (`stats.clipped_logit`):
 
@@ -556,23 +598,16 @@ def _model_statistics(spec: ModelSpec, trained: dict, gray: GrayData,
       confidence its inversion reached). A class that shares its images with another in the
       model's training labels (a partial relabel or swap) cannot be made as certain.
     * ``reverse``: the model's probability of the target on the *base* model's gray data of that
-      class: the rule-based membership question with the roles swapped (is the base model's
-      picture of the class still one for this model?). A partial relabel a -> b leaves the
-      production model's own prototypes of a and b intact, but lowers its answer on the base
-      model's.
+      class (``on_base_gray`` [S, models, C, samples, classes], `_answers_on_base_gray`): the
+      rule-based membership question with the roles swapped (is the base model's picture of the
+      class still one for this model?). A partial relabel a -> b leaves the production model's
+      own prototypes of a and b intact, but lowers its answer on the base model's.
     Under no drift the production model and the controls stay exchangeable in both, so the rank
     tests stay exact."""
-    group = gray.images.shape[0] // num_seeds
-    c, samples = gray.images.shape[1:3]
-    base_gray = gray.images.reshape(num_seeds, group, c * samples, *gray.images.shape[3:])[:, 0]
-    # one batched call: every model answers its own seed's base gray images
-    index = np.repeat(np.arange(num_seeds * c * samples).reshape(num_seeds, -1), group, axis=0)
-    logits = stack.predict(spec, trained, base_gray.reshape(-1, *base_gray.shape[2:]), index)
-    target = np.repeat(gray.classes, samples)  # each image's class, [C * samples]
-    answers = np.take_along_axis(special.softmax(logits, axis=-1), target[None, :, None],
-                                 -1)[..., 0]
+    num_seeds, group, c, samples = on_base_gray.shape[:4]
+    target = np.take_along_axis(on_base_gray, gray.classes.reshape(1, 1, -1, 1, 1), -1)[..., 0]
     return {name: stats_lib.clipped_logit(v.reshape(num_seeds, group, c, samples)).mean(-1)
-            for name, v in zip(MODEL_STATISTICS, (gray.confidence, answers))}
+            for name, v in zip(MODEL_STATISTICS, (gray.confidence, target))}
 
 
 def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained: dict,
@@ -594,7 +629,8 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
     # Steps 5-6: membership inference against the base model of every seed.
     targets = stack.member(trained, base_members)
     with clock("model_statistics"):
-        model_statistics = _model_statistics(spec, trained, gray, num_seeds)
+        on_base_gray = _answers_on_base_gray(spec, trained, gray, num_seeds)
+        model_statistics = _model_statistics(gray, on_base_gray)
     context = _attack_context(spec, plans, data, images, targets, progress, clock)
     c, samples = gray.images.shape[1:3]
     gray_images = gray.images.reshape(num_seeds, group * c * samples, *gray.images.shape[3:])
@@ -646,21 +682,23 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
         answers = stack.predict(
             spec, targets, gray_images.reshape(-1, *gray_images.shape[2:]),
             np.arange(gray_images.shape[0] * gray_images.shape[1]).reshape(num_seeds, -1))
-        answers = answers.reshape(num_seeds, group, c, samples, -1)
-        # [S, models, C, C]: the base model's mean class probabilities on each class's gray data
-        confusion = special.softmax(answers, axis=-1).mean(3)
-    for o, matrix in zip(out, confusion):
-        o["localisation"]["confusion"] = np.round(matrix, 6).tolist()
+        answers = special.softmax(answers.reshape(num_seeds, group, c, samples, -1), axis=-1)
+    for o, read_by_base, read_base in zip(out, answers.mean(3), on_base_gray.mean(3)):
+        o["localisation"]["confusion"] = np.round(read_by_base, 6).tolist()
+        o["localisation"]["confusion_on_base_gray"] = np.round(read_base, 6).tolist()
     if any(len(f) for f in flagged):
         with clock("localise"):
             test_keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 77) for p in plans])
-            found_partners = partner_tests(answers.argmax(-1), flagged, test_keys, config)
+            found_partners = partner_tests(
+                dict(zip(PARTNER_DIRECTIONS, (answers.argmax(-1), on_base_gray.argmax(-1)))),
+                flagged, test_keys, config)
         for o, partners in zip(out, found_partners):
             named = destination_named(partners)
             o["localisation"]["partners"] = {class_names[k]: {
                 "destination": None if f["destination"] is None else class_names[f["destination"]],
-                "named": named[k],
-                "p_values": {class_names[j]: p for j, p in f["p_values"].items()}}
+                "direction": f["direction"], "named": named[k],
+                "p_values": {d: {class_names[j]: p for j, p in row.items()}
+                             for d, row in f["p_values"].items()}}
                 for k, f in partners.items()}
             o["drifted_classes"] = [class_names[k] for k in named_classes(partners)]
     return out
@@ -681,49 +719,62 @@ def destination_named(partners: dict[int, dict]) -> dict[int, bool]:
     return {k: f["destination"] is not None and k not in explained for k, f in partners.items()}
 
 
-def partner_tests(answers: np.ndarray, flagged: list[np.ndarray], keys: jax.Array,
+def partner_tests(answers: dict[str, np.ndarray], flagged: list[np.ndarray], keys: jax.Array,
                   config: DetectConfig) -> list[dict[int, dict]]:
-    """Where a flagged class's concept went: does the base model read the production model's
-    gray data of class k as another class j more often than the controls'?
+    """Where a flagged class's concept went, asked in both directions (`PARTNER_DIRECTIONS`):
 
-    A relabel a -> b or a partial swap often moves the membership scores of one class only (the
-    one whose prototype now mixes both concepts), so the per-class test names b alone; its gray
-    images, though, are answered a by the base model. Per flagged class k and every j != k, a
-    one-sided permutation test compares the share of the production model's class-k gray images
-    the base model answers j with the controls' (pooled), Holm-corrected over j. Answers, not
-    probabilities: a shift of the base model's tiny probabilities of every other class is not a
-    destination. The destination is the class with the largest excess share among those whose
-    corrected p-value is at most ``config.alpha`` (a swapped-in "1" may also read as "7" now
-    and then; only the "1" is where the concept went). Like the per-class test it runs only
-    once the global test has rejected (gatekeeping).
+    * ``base_reads_production``: does the base model read the production model's gray data of
+      class k as another class j more often than the controls'? A relabel a -> b or a partial
+      swap often moves the membership scores of b only (its prototype now mixes both concepts);
+      its gray images, though, are answered a by the base model.
+    * ``production_reads_base``: does the production model read the base model's gray data of
+      class k as j more often than the controls do? A partial relabel a -> b keeps the
+      production model's own prototype of a (inversion is mode-seeking), but its labels now
+      send a's images to b: flagged at a, this names b.
 
-    answers [S, models, C, samples]: the base model's class for every model's gray images
+    Per flagged class k, direction and j != k, a one-sided permutation test compares the share
+    of the production model's answers j with the controls' (pooled), Holm-corrected over the
+    2 (C - 1) tests. Answers, not probabilities: a shift of tiny probabilities of every other
+    class is not a destination. The destination is the class with the largest excess share among
+    those whose corrected p-value is at most ``config.alpha`` (a swapped-in "1" may also read as
+    "7" now and then; only the "1" is where the concept went). Like the per-class test it runs
+    only once the global test has rejected (gatekeeping).
+
+    answers: per direction [S, models, C, samples], the answered class for each gray image
     (model 1 the production model, 2.. the controls); flagged: per seed the flagged class
-    indices; keys [S]. Returns per seed {k: {"destination": j or None, "p_values": {j: corrected
-    p-value}}}.
+    indices; keys [S]. Returns per seed {k: {"destination": j or None, "direction": the
+    destination's, "p_values": {direction: {j: corrected p-value}}}}.
     """
-    num_classes = answers.shape[2]
+    directions = list(answers)
+    num_classes = answers[directions[0]].shape[2]
     pairs = [(s, k) for s, ks in enumerate(flagged) for k in ks]
     seeds, classes = (np.array(v, int) for v in zip(*pairs))
     others = np.array([[j for j in range(num_classes) if j != k] for k in classes])  # [P, C-1]
-    controls = answers[seeds, 2:, classes].reshape(len(pairs), 1, -1)  # [P, 1, M * samples]
-    production = answers[seeds, 1, classes][:, None, :]  # [P, 1, samples]
-    codes = (classes[:, None] * num_classes + others).reshape(-1)
-    pair_keys = jax.vmap(jax.random.fold_in)(keys[np.repeat(seeds, num_classes - 1)], codes)
-    # permutation_tests asks whether the second sample is lower: "not answered j"
+    # [D, P, 1, M * samples] and [D, P, 1, samples]: "not answered j" (permutation_tests asks
+    # whether the second sample is lower)
+    controls = np.stack([answers[d][seeds, 2:, classes].reshape(len(pairs), 1, -1)
+                         for d in directions])
+    production = np.stack([answers[d][seeds, 1, classes][:, None, :] for d in directions])
+    codes = ((np.arange(len(directions))[:, None, None] * num_classes + classes[:, None])
+             * num_classes + others).reshape(-1)
+    test_keys = keys[np.tile(np.repeat(seeds, num_classes - 1), len(directions))]
     tests = stats_lib.permutation_tests(
         (controls != others[:, :, None]).reshape(len(codes), -1),
-        (production != others[:, :, None]).reshape(len(codes), -1), pair_keys,
-        config.permutations)
-    p, excess = (tests[k].reshape(others.shape) for k in ("p_value", "statistic"))
+        (production != others[:, :, None]).reshape(len(codes), -1),
+        jax.vmap(jax.random.fold_in)(test_keys, codes), config.permutations)
+    # [P, D * (C - 1)]: every test of a flagged class in one row
+    p, excess = (tests[k].reshape(len(directions), *others.shape).transpose(1, 0, 2)
+                 .reshape(len(pairs), -1) for k in ("p_value", "statistic"))
     out = [{} for _ in flagged]
     for (s, k), row, p_row, excess_row in zip(pairs, others, p, excess):
         corrected = stats_lib.CORRECTIONS[config.correction](p_row)
         found = corrected <= config.alpha
+        best = int(np.where(found, excess_row, -np.inf).argmax())
         out[s][int(k)] = {
-            "destination": int(row[np.where(found, excess_row, -np.inf).argmax()])
-            if found.any() else None,
-            "p_values": {int(j): float(q) for j, q in zip(row, corrected)}}
+            "destination": int(row[best % len(row)]) if found.any() else None,
+            "direction": directions[best // len(row)] if found.any() else None,
+            "p_values": {d: {int(j): float(q) for j, q in zip(row, q_row)}
+                         for d, q_row in zip(directions, corrected.reshape(len(directions), -1))}}
     return out
 
 

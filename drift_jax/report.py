@@ -49,10 +49,11 @@ class DriftReport:
     scenario: dict
     environment: dict
     # the per-class test's flagged classes and, per flagged class, where its concept went: the
-    # destination, whether it is named, the corrected p-value of every other class
-    # (`detect.partner_tests`, `detect.named_classes`); and "confusion" [models, C, C]: the base
-    # model's mean class probabilities on every model's gray data of each class (row k: the gray
-    # images of class k; models: base, production, controls)
+    # destination, the direction that found it, whether it is named, and every other class's
+    # corrected p-value per direction (`detect.partner_tests`, `detect.named_classes`);
+    # "confusion" [models, C, C]: the base model's mean class probabilities on every model's gray
+    # data of each class (row k: the gray images of class k; models: base, production,
+    # controls); "confusion_on_base_gray" [models, C, C]: every model's on the base model's
     localisation: dict = dataclasses.field(default_factory=dict)
     gray: GrayData | None = None
     # (ModelSpec, variables [2]): the base and production models, which `mitigate` starts from
@@ -62,6 +63,14 @@ class DriftReport:
         out = dataclasses.asdict(dataclasses.replace(self, gray=None, models=None))
         out.pop("gray"), out.pop("models")
         return out
+
+
+# `detect.PARTNER_DIRECTIONS` in words
+PARTNER_SENTENCES = {
+    "base_reads_production": "class {k}'s production gray data reads as class {j} to the base "
+                             "model",
+    "production_reads_base": "the production model reads the base model's class {k} gray data as "
+                             "class {j}"}
 
 
 def summary_lines(report: DriftReport) -> list[str]:
@@ -76,9 +85,12 @@ def summary_lines(report: DriftReport) -> list[str]:
              f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
     for name, found in report.localisation.get("partners", {}).items():
         if found["named"]:
-            lines.append(f"  class {name}'s production gray data reads as class "
-                         f"{found['destination']} to the base model (p = "
-                         f"{found['p_values'][found['destination']]:.3f})")
+            # reports written before session 13 asked one way, with flat p-values
+            direction = found.get("direction", "base_reads_production")
+            p_values = found["p_values"][direction] if "direction" in found else found["p_values"]
+            p = p_values[found["destination"]]
+            reads = PARTNER_SENTENCES[direction].format(k=name, j=found["destination"])
+            lines.append(f"  {reads} (p = {p:.3f})")
     for name, a in report.attacks.items():
         calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
                       f"{a['p_value']:.3f}" if a["control_scores"] else "")

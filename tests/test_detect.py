@@ -9,7 +9,14 @@ import pytest
 from conftest import save_production_model
 
 from drift_jax import cli, data, stack, stats
-from drift_jax.detect import OMNIBUS, DetectConfig, detect_drift, named_classes, partner_tests
+from drift_jax.detect import (
+    OMNIBUS,
+    PARTNER_DIRECTIONS,
+    DetectConfig,
+    detect_drift,
+    named_classes,
+    partner_tests,
+)
 from drift_jax.errors import DriftJaxError
 
 
@@ -222,22 +229,37 @@ def test_distribution_statistics_run_end_to_end(stat):
 
 
 def test_partner_tests_find_where_a_flagged_class_went_and_nothing_else():
-    """A flagged class whose production gray data the base model answers as another class names
-    that class; a flagged class with no such pull names none (every test Holm-corrected)."""
+    """A flagged class whose production gray data the base model answers as another class, or
+    whose base gray data the production model answers as another class, names that class; a
+    flagged class with no such pull names none (every test Holm-corrected over both
+    directions)."""
     rng = np.random.default_rng(0)
     seeds, controls, classes, samples = 2, 19, 5, 8
-    answers = np.broadcast_to(np.arange(classes)[:, None], (seeds, 2 + controls, classes,
-                                                            samples)).copy()
-    slips = rng.random(answers.shape) < 0.1  # the base model misreads a tenth of everyone's
-    answers[slips] = rng.integers(0, classes, slips.sum())
-    answers[0, 1, 1, :4] = 0  # seed 0: half of class 1's production gray data reads as class 0
+
+    def faithful():  # every model answers the gray image's class, but for a tenth of slips
+        answers = np.broadcast_to(np.arange(classes)[:, None], (seeds, 2 + controls, classes,
+                                                                samples)).copy()
+        slips = rng.random(answers.shape) < 0.1
+        answers[slips] = rng.integers(0, classes, slips.sum())
+        return answers
+
+    read_by_base, read_base = faithful(), faithful()
+    read_by_base[0, 1, 1, :4] = 0  # seed 0: half of class 1's production gray data reads as 0
+    read_base[0, 1, 2, :5] = 4  # seed 0: the production model reads the base's class 2 as 4
     keys = jax.random.split(jax.random.key(0), seeds)
-    found = partner_tests(answers, [np.array([1]), np.array([1, 3])], keys,
+    found = partner_tests(dict(zip(PARTNER_DIRECTIONS, (read_by_base, read_base))),
+                          [np.array([1, 2]), np.array([1, 3])], keys,
                           DetectConfig(permutations=500))
-    assert list(found[0][1]["p_values"]) == [0, 2, 3, 4]
-    assert [p <= 0.05 for p in found[0][1]["p_values"].values()] == [True, False, False, False]
-    assert found[0][1]["destination"] == 0
-    assert all(p > 0.05 for k in (1, 3) for p in found[1][k]["p_values"].values())
+    forward, reverse = PARTNER_DIRECTIONS
+    assert list(found[0][1]["p_values"]) == [forward, reverse]
+    assert list(found[0][1]["p_values"][forward]) == [0, 2, 3, 4]
+    assert [p <= 0.05 for p in found[0][1]["p_values"][forward].values()] == [True] + [False] * 3
+    assert all(p > 0.05 for p in found[0][1]["p_values"][reverse].values())
+    assert (found[0][1]["destination"], found[0][1]["direction"]) == (0, forward)
+    assert [p <= 0.05 for p in found[0][2]["p_values"][reverse].values()] == [False] * 3 + [True]
+    assert (found[0][2]["destination"], found[0][2]["direction"]) == (4, reverse)
+    assert all(p > 0.05 for k in (1, 3) for d in PARTNER_DIRECTIONS
+               for p in found[1][k]["p_values"][d].values())
     assert found[1][1]["destination"] is None and found[1][3]["destination"] is None
 
 
@@ -258,7 +280,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     per class, [seeds, models, classes]. Pinned against a plain loop over models."""
     from scipy import special
 
-    from drift_jax.detect import _model_statistics
+    from drift_jax.detect import _answers_on_base_gray, _model_statistics
     from drift_jax.inversion import GrayData
     from drift_jax.models import ModelSpec
 
@@ -271,7 +293,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     gray = GrayData(images=images, classes=np.arange(classes), confidence=confidence,
                     trace=np.zeros((seeds * group, 1)),
                     active_steps=np.zeros((seeds * group, classes, samples), int))
-    found = _model_statistics(spec, trained, gray, seeds)
+    found = _model_statistics(gray, _answers_on_base_gray(spec, trained, gray, seeds))
     target = np.repeat(np.arange(classes), samples)
     for s in range(seeds):
         base_gray = images[s * group].reshape(-1, 8, 8, 1)
