@@ -7,11 +7,12 @@ score is then ranked among the controls' scores:
 
     p = (1 + #{control score <= production score}) / (M + 1)
 
-per attack; per class, the production model's mean score against the controls' by a t prediction
-interval (Holm or Benjamini-Hochberg corrected over classes), and for each flagged class the class
-its concept went to (`partner_tests`); a permutation test of per-image
-scores, base gray vs production gray; and the original rule (``seed_rule``: production < 0.75 x
-base) for parity. Baselines (model disagreement, BBSD, MMD) run on the same splits and controls.
+per attack; per class, the production model's class statistics against the controls' by a t
+prediction interval (Holm or Benjamini-Hochberg corrected over classes x statistics), and for
+each flagged class the class its concept went to (`partner_tests`); a permutation test of
+per-image scores, base gray vs production gray; and the original rule (``seed_rule``:
+production < 0.75 x base) for parity. Baselines (model disagreement, BBSD, MMD) run on the same
+splits and controls.
 
 Several seeds of one config run as one stack at every stage: S x (2 + M) models train and
 invert as one program each, one inference call evaluates them all, the attacks target the S base
@@ -424,14 +425,12 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
 def _check_memory(config: DetectConfig, num_seeds: int, spec: ModelSpec,
                   pool_size: int) -> None:
     """The run's largest allocations, estimated before any work: the inversion of every model,
-    the stack's training, and the partner tests (per flagged class and other class: M + 1
-    models' samples)."""
+    the stack's training, and the per-attack permutation tests (base vs production gray data)."""
     models = num_seeds * (2 + config.controls)
     inversion.check_memory(spec, models, spec.num_classes, config.inversion)
     stack.check_training_memory(spec, models, config.train.batch_size, 1, "vmap", pool_size)
-    samples = config.inversion.samples_per_class * (config.controls + 1)
-    validate.check_memory(4.0 * num_seeds * (spec.num_classes + 1) * config.permutations
-                          * samples * spec.num_classes, f"permutation tests of "
+    samples = 2 * config.inversion.samples_per_class * spec.num_classes
+    validate.check_memory(4.0 * num_seeds * config.permutations * samples, f"permutation tests of "
                           f"{config.permutations} permutations", "lower permutations")
 
 
@@ -687,11 +686,9 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
         o["localisation"]["confusion"] = np.round(read_by_base, 6).tolist()
         o["localisation"]["confusion_on_base_gray"] = np.round(read_base, 6).tolist()
     if any(len(f) for f in flagged):
-        with clock("localise"):
-            test_keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 77) for p in plans])
-            found_partners = partner_tests(
-                dict(zip(PARTNER_DIRECTIONS, (answers.argmax(-1), on_base_gray.argmax(-1)))),
-                flagged, test_keys, config)
+        found_partners = partner_tests(
+            dict(zip(PARTNER_DIRECTIONS, (answers.argmax(-1), on_base_gray.argmax(-1)))),
+            flagged, config)
         for o, partners in zip(out, found_partners):
             named = destination_named(partners)
             o["localisation"]["partners"] = {class_names[k]: {
@@ -719,7 +716,7 @@ def destination_named(partners: dict[int, dict]) -> dict[int, bool]:
     return {k: f["destination"] is not None and k not in explained for k, f in partners.items()}
 
 
-def partner_tests(answers: dict[str, np.ndarray], flagged: list[np.ndarray], keys: jax.Array,
+def partner_tests(answers: dict[str, np.ndarray], flagged: list[np.ndarray],
                   config: DetectConfig) -> list[dict[int, dict]]:
     """Where a flagged class's concept went, asked in both directions (`PARTNER_DIRECTIONS`):
 
@@ -732,17 +729,17 @@ def partner_tests(answers: dict[str, np.ndarray], flagged: list[np.ndarray], key
       production model's own prototype of a (inversion is mode-seeking), but its labels now
       send a's images to b: flagged at a, this names b.
 
-    Per flagged class k, direction and j != k, a one-sided permutation test compares the share
-    of the production model's answers j with the controls' (pooled), Holm-corrected over the
-    2 (C - 1) tests. Answers, not probabilities: a shift of tiny probabilities of every other
-    class is not a destination. The destination is the class with the largest excess share among
-    those whose corrected p-value is at most ``config.alpha`` (a swapped-in "1" may also read as
-    "7" now and then; only the "1" is where the concept went). Like the per-class test it runs
-    only once the global test has rejected (gatekeeping).
+    Per flagged class k, direction and j != k, a one-sided exact test (`stats.fisher_tests`)
+    compares the share of the production model's answers j with the controls' (pooled),
+    Holm-corrected over the 2 (C - 1) tests. Answers, not probabilities: a shift of tiny
+    probabilities of every other class is not a destination. The destination is the class with
+    the largest excess share among those whose corrected p-value is at most ``config.alpha`` (a
+    swapped-in "1" may also read as "7" now and then; only the "1" is where the concept went).
+    Like the per-class test it runs only once the global test has rejected (gatekeeping).
 
     answers: per direction [S, models, C, samples], the answered class for each gray image
     (model 1 the production model, 2.. the controls); flagged: per seed the flagged class
-    indices; keys [S]. Returns per seed {k: {"destination": j or None, "direction": the
+    indices. Returns per seed {k: {"destination": j or None, "direction": the
     destination's, "p_values": {direction: {j: corrected p-value}}}}.
     """
     directions = list(answers)
@@ -750,18 +747,13 @@ def partner_tests(answers: dict[str, np.ndarray], flagged: list[np.ndarray], key
     pairs = [(s, k) for s, ks in enumerate(flagged) for k in ks]
     seeds, classes = (np.array(v, int) for v in zip(*pairs))
     others = np.array([[j for j in range(num_classes) if j != k] for k in classes])  # [P, C-1]
-    # [D, P, 1, M * samples] and [D, P, 1, samples]: "not answered j" (permutation_tests asks
-    # whether the second sample is lower)
+    # [D, P, 1, M * samples] and [D, P, 1, samples]: answered j?
     controls = np.stack([answers[d][seeds, 2:, classes].reshape(len(pairs), 1, -1)
                          for d in directions])
     production = np.stack([answers[d][seeds, 1, classes][:, None, :] for d in directions])
-    codes = ((np.arange(len(directions))[:, None, None] * num_classes + classes[:, None])
-             * num_classes + others).reshape(-1)
-    test_keys = keys[np.tile(np.repeat(seeds, num_classes - 1), len(directions))]
-    tests = stats_lib.permutation_tests(
-        (controls != others[:, :, None]).reshape(len(codes), -1),
-        (production != others[:, :, None]).reshape(len(codes), -1),
-        jax.vmap(jax.random.fold_in)(test_keys, codes), config.permutations)
+    tests = stats_lib.fisher_tests(
+        (controls == others[:, :, None]).reshape(-1, controls.shape[-1]),
+        (production == others[:, :, None]).reshape(-1, production.shape[-1]))
     # [P, D * (C - 1)]: every test of a flagged class in one row
     p, excess = (tests[k].reshape(len(directions), *others.shape).transpose(1, 0, 2)
                  .reshape(len(pairs), -1) for k in ("p_value", "statistic"))

@@ -105,6 +105,22 @@ def permutation_tests(x, y, keys: jax.Array, num_permutations: int = 2000) -> di
     return {"statistic": observed, "p_value": (k + 1) / (num_permutations + 1)}
 
 
+def fisher_tests(x, y) -> dict:
+    """K one-sided exact tests that binary y[k] holds a larger share of ones than x[k]: Fisher's
+    exact test, the limit of `permutation_tests` on 0/1 samples as every relabelling is counted
+    (the count of ones in y given the pooled count is hypergeometric), without drawing any.
+
+    x [K, nx], y [K, ny] of 0/1. Returns "statistic" mean(y) - mean(x) and "p_value", each [K].
+    """
+    x, y = np.asarray(x, bool), np.asarray(y, bool)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise DriftJaxError(f"fisher_tests needs x [K, nx] and y [K, ny]; got {x.shape} and "
+                            f"{y.shape}.")
+    ones = y.sum(1)
+    p = sp_stats.hypergeom.sf(ones - 1, x.shape[1] + y.shape[1], x.sum(1) + ones, y.shape[1])
+    return {"statistic": y.mean(1) - x.mean(1), "p_value": np.minimum(p, 1.0)}
+
+
 def permutation_test(x, y, key: jax.Array, num_permutations: int = 2000) -> dict:
     """One test of `permutation_tests`: x [nx], y [ny] (any shape, flattened), one key."""
     out = permutation_tests(np.ravel(x)[None], np.ravel(y)[None], key[None], num_permutations)

@@ -178,3 +178,20 @@ def test_prediction_p_value_is_calibrated_counts_models_once_and_finds_a_shift()
     assert (pooled <= 0.05).mean() > 0.2
     with pytest.raises(DriftJaxError, match="two control"):
         stats.prediction_p_value(scores[:1, 1:2].T, scores[:1, 0])
+
+
+def test_fisher_tests_match_scipys_exact_test_and_a_permutation_test():
+    """`fisher_tests`: each row's one-sided Fisher exact p-value that y holds more ones than x
+    (scipy's on the 2 x 2 table), which the permutation test of the same 0/1 samples approaches."""
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 60)) < 0.1
+    y = rng.random((4, 12)) < np.array([0.1, 0.3, 0.5, 0.0])[:, None]
+    found = stats.fisher_tests(x, y)
+    for row, p in enumerate(found["p_value"]):
+        table = [[y[row].sum(), (~y[row]).sum()], [x[row].sum(), (~x[row]).sum()]]
+        assert p == pytest.approx(sp_stats.fisher_exact(table, alternative="greater").pvalue)
+    np.testing.assert_allclose(found["statistic"], y.mean(1) - x.mean(1))
+    assert found["p_value"][2] < 0.01 < 0.5 < found["p_value"][3]
+    # permutation_tests asks whether its second sample is lower: "not answered j"
+    permuted = stats.permutation_tests(~x, ~y, jax.random.split(jax.random.key(0), 4), 4000)
+    np.testing.assert_allclose(permuted["p_value"], found["p_value"], atol=0.02)
