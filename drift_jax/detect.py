@@ -479,20 +479,31 @@ def _combined_scores(class_statistics: dict) -> dict:
     return combined
 
 
-def _class_p_values(class_statistics: dict, names: list[str], controls: np.ndarray) -> np.ndarray:
-    """One-sided p-values [S, statistics, C] that the production model's (model 1) class
-    statistic is low among the controls' (`stats.prediction_p_value`), for each of ``names`` of
-    ``class_statistics`` [S, models, C]. The mean score on the logit scale: a class mean near its
-    ceiling of 1 has a long lower tail across models, which the t interval would read as drift
-    (offline on digits: the rate of undrifted models with a class flagged drops from 0.21 to
-    0.07); the model statistics are mean logits already."""
-    out = []
+def class_p_values(class_statistics: dict, names: list[str], controls: np.ndarray,
+                   correction: str = "holm") -> tuple[np.ndarray, np.ndarray]:
+    """Localisation's per-class tests: one-sided p-values [S, statistics, C] that the production
+    model's (model 1) class statistic is low among the controls' (`stats.prediction_p_value`),
+    for each of ``names`` of ``class_statistics`` [S, models, C], and per class the smallest of
+    its statistics' p-values corrected over classes x statistics [S, C] (a class is flagged when
+    one of its statistics is). The mean score on the logit scale: a class mean near its ceiling
+    of 1 has a long lower tail across models, which the t interval would read as drift (offline
+    on digits: the rate of undrifted models with a class flagged drops from 0.21 to 0.07); the
+    model statistics are mean logits already."""
+    by_statistic = []
     for name in names:
         v = class_statistics[name]
         if name == "mean":
             v = stats_lib.clipped_logit(v, clip=1e-4)
-        out.append(stats_lib.prediction_p_value(v[:, controls].transpose(1, 0, 2), v[:, 1]))
-    return np.stack(out, 1)
+        by_statistic.append(stats_lib.prediction_p_value(v[:, controls].transpose(1, 0, 2),
+                                                         v[:, 1]))
+    by_statistic = np.stack(by_statistic, 1)
+    return by_statistic, _corrected_classes(by_statistic, correction)
+
+
+def _corrected_classes(by_statistic: np.ndarray, correction: str) -> np.ndarray:
+    """[S, statistics, C] p-values -> [S, C]: per class its smallest corrected p-value."""
+    correct = stats_lib.CORRECTIONS[correction]
+    return np.stack([correct(p.ravel()).reshape(p.shape).min(0) for p in by_statistic])
 
 
 def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.ndarray,
@@ -536,12 +547,11 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
         localise_by = ([s for s in LOCALISATION_STATISTICS if s in class_statistics]
                        if config.stat == "omnibus" else ["mean"])
         if len(controls) > 1:
-            by_statistic = _class_p_values(class_statistics, localise_by, controls)
+            by_statistic, class_corrected = class_p_values(class_statistics, localise_by,
+                                                           controls, config.correction)
         else:  # one control has no spread: the rank of the decision's per-class statistic
             localise_by, by_statistic = ["rank"], rank_p[:, None]  # [S, statistics, C]
-        correct = stats_lib.CORRECTIONS[config.correction]
-        class_corrected = np.stack([correct(p.ravel()).reshape(p.shape).min(0)
-                                    for p in by_statistic])
+            class_corrected = _corrected_classes(by_statistic, config.correction)
         # per class, Bonferroni over its statistics
         class_p = np.minimum(by_statistic.min(1) * by_statistic.shape[1], 1.0)
         every = {f"{stat}/{combine}": stats_lib.calibrated_p_value(o[:, controls].T, o[:, 1])
@@ -686,9 +696,10 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
         o["localisation"]["confusion"] = np.round(read_by_base, 6).tolist()
         o["localisation"]["confusion_on_base_gray"] = np.round(read_base, 6).tolist()
     if any(len(f) for f in flagged):
-        found_partners = partner_tests(
-            dict(zip(PARTNER_DIRECTIONS, (answers.argmax(-1), on_base_gray.argmax(-1)))),
-            flagged, config)
+        with clock("localise"):
+            found_partners = partner_tests(
+                dict(zip(PARTNER_DIRECTIONS, (answers.argmax(-1), on_base_gray.argmax(-1)))),
+                flagged, config)
         for o, partners in zip(out, found_partners):
             named = destination_named(partners)
             o["localisation"]["partners"] = {class_names[k]: {

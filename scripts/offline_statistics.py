@@ -7,6 +7,7 @@ p-value (every model is combined alike).
 
   python scripts/offline_statistics.py benchmarks/power_mnist.json   # power per candidate
   python scripts/offline_statistics.py --update benchmarks/power_*.json  # add new statistics
+  python scripts/offline_statistics.py --localisation benchmarks/power_mnist.json  # flagging
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drift_jax import stats  # noqa: E402
-from drift_jax.detect import MODEL_STATISTICS, OMNIBUS  # noqa: E402
+from drift_jax.detect import (  # noqa: E402
+    LOCALISATION_STATISTICS,
+    MODEL_STATISTICS,
+    OMNIBUS,
+    class_p_values,
+)
 from drift_jax.files import atomic_write_json  # noqa: E402
 
 ALPHA = 0.05
+PRIMARY = "rule_based:omnibus/min_rank"  # the default decision
 
 
 # earlier default omnibuses, by the name their p-values are stored under once renamed: sessions
@@ -127,13 +134,53 @@ def update(run: dict) -> None:
         run["recomputed_offline"] = sorted({*run.get("recomputed_offline", []), *added})
 
 
+# the per-class statistics that flag classes: sessions 5-12's, and the omnibus parts' since 13
+LOCALISATION_RULES = {"mean": ("mean",), ",".join(LOCALISATION_STATISTICS): LOCALISATION_STATISTICS}
+
+
+def flagged(run: dict, names: tuple[str, ...], production: int = 1) -> set[int]:
+    """The classes a run's stored statistics flag (`detect.class_p_values`, Holm) with model
+    ``production`` as the production model and every other model but the base as controls."""
+    per_class = _per_class(run)
+    order = [0, production, *(m for m in range(1, len(per_class["mean"])) if m != production)]
+    _, corrected = class_p_values({k: v[None, order] for k, v in per_class.items()}, list(names),
+                                  np.arange(2, len(order)))
+    return set(np.flatnonzero(corrected[0] <= ALPHA).tolist())
+
+
+def localisation(runs: list[dict], changed: set[int] | None) -> dict[str, str]:
+    """Per rule of `LOCALISATION_RULES`, flagging alone (the partner tests need the per-image
+    answers, which runs do not store). With ``changed`` classes: in the runs the default
+    detected (gated, as `detect` is), how often the flagged classes hold both changed classes,
+    are exactly them, and how many others they hold. Without (``none``): the rate of undrifted
+    models with some class flagged, each control in turn taken as the production model
+    (ungated)."""
+    out = {}
+    for rule, names in LOCALISATION_RULES.items():
+        if changed is None:
+            found = [bool(flagged(r, names, m)) for r in runs
+                     for m in range(2, len(r["class_statistics"]["mean"]))]
+            out[rule] = f"undrifted models with a class flagged {np.mean(found):.3f} " \
+                        f"({sum(found)} of {len(found)})"
+            continue
+        found = [flagged(r, names) for r in runs if r["p_values"][PRIMARY] <= ALPHA]
+        out[rule] = (f"detected {len(found)}: both changed classes flagged in "
+                     f"{sum(changed <= f for f in found)}, exactly in "
+                     f"{sum(changed == f for f in found)}; "
+                     f"{sum(len(f - changed) for f in found)} other classes")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="power JSON files of bench_detection.py")
     parser.add_argument("--update", action="store_true",
                         help="write the statistics a stored run predates into the file (`update`)")
+    parser.add_argument("--localisation", action="store_true",
+                        help="the classes each localisation rule flags (`localisation`)")
     args = parser.parse_args()
+    from bench_detection import SCENARIOS  # which classes each scenario changes
     for path in args.files:
         saved = json.loads(Path(path).read_text())
         if args.update:
@@ -149,6 +196,13 @@ def main() -> None:
             disagreement = np.mean([r["p_values"]["baseline:disagreement"] <= ALPHA
                                     for r in runs])
             print(f"{key} ({len(runs)} seeds; disagreement {disagreement:.1f})")
+            if args.localisation:
+                scenario = key.split("/")[1]
+                changed = None if scenario == "none" else SCENARIOS[scenario][2]
+                if scenario == "none" or changed:
+                    for rule, line in localisation(runs, changed).items():
+                        print(f"  flagged by {rule:36s} {line}")
+                continue
             for name in found[0]:
                 ps = [f[name] for f in found if name in f]
                 print(f"  {name:48s} {np.mean(np.array(ps) <= ALPHA):.1f}  "

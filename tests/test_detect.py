@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import save_production_model
+from scipy import special
 
 from drift_jax import cli, data, stack, stats
 from drift_jax.detect import (
@@ -261,6 +262,28 @@ def test_partner_tests_find_where_a_flagged_class_went_and_nothing_else():
     assert found[1][1]["destination"] is None and found[1][3]["destination"] is None
 
 
+def test_class_tests_flag_a_class_by_any_of_its_statistics_corrected_over_all():
+    """Localisation flags a class when one of its statistics is low among the controls' (t
+    prediction interval, Holm over classes x statistics): a drop in the production model's own
+    confidence is flagged though its mean score is ordinary; by the mean alone it is not."""
+    from drift_jax.detect import LOCALISATION_STATISTICS, class_p_values
+
+    rng = np.random.default_rng(0)
+    controls, classes = 19, 10
+    class_statistics = {"mean": special.expit(rng.normal(4, 0.5, (1, 2 + controls, classes))),
+                        "self_confidence": rng.normal(7, 0.5, (1, 2 + controls, classes)),
+                        "reverse": rng.normal(6, 0.5, (1, 2 + controls, classes))}
+    class_statistics["self_confidence"][0, 1, 2] = 3.0  # 8 control sds below
+    by_statistic, corrected = class_p_values(class_statistics, list(LOCALISATION_STATISTICS),
+                                             np.arange(2, 2 + controls))
+    assert by_statistic.shape == (1, 3, classes) and corrected.shape == (1, classes)
+    assert np.flatnonzero(corrected[0] <= 0.05).tolist() == [2]
+    np.testing.assert_allclose(corrected[0], stats.holm(by_statistic[0].ravel()).reshape(
+        3, classes).min(0))
+    _, by_mean = class_p_values(class_statistics, ["mean"], np.arange(2, 2 + controls))
+    assert by_mean[0, 2] > 0.05
+
+
 def test_named_classes_add_destinations_not_explained_by_another_flagged_class():
     def partners(**destinations):
         return {int(k[1:]): {"destination": d, "p_values": {}} for k, d in destinations.items()}
@@ -276,8 +299,6 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     """``reverse``: every model's target probability on its seed's base model's gray images;
     ``self_confidence``: each model's confidence in its own gray data; both mean clipped logits
     per class, [seeds, models, classes]. Pinned against a plain loop over models."""
-    from scipy import special
-
     from drift_jax.detect import _answers_on_base_gray, _model_statistics
     from drift_jax.inversion import GrayData
     from drift_jax.models import ModelSpec
