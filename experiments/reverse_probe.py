@@ -181,7 +181,7 @@ def main(argv=None) -> None:
         runs = run_point(ds, args.dataset, scenario, int(severity), todo, args.controls)
         results["points"][key] = sorted(results["points"].get(key, []) + runs,
                                         key=lambda r: r["seed"])
-        atomic_write_json(args.out, results)
+        atomic_write_json(args.out, results, indent=None)
         print("\n".join(summary(results)), flush=True)
 
 
