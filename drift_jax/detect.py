@@ -586,17 +586,25 @@ def _score_attack(values: np.ndarray, probability: np.ndarray, decisions: np.nda
     return out
 
 
-def _answers_on_base_gray(spec: ModelSpec, trained: dict, gray: GrayData,
-                          num_seeds: int) -> np.ndarray:
-    """Every model's class probabilities [S, models, C, samples, classes] on its seed's base
-    model's gray images (model 0 the base model, 1 the production model, then the controls), in
-    one batched inference call."""
-    group = gray.images.shape[0] // num_seeds
-    c, samples = gray.images.shape[1:3]
-    base_gray = gray.images.reshape(num_seeds, group, c * samples, *gray.images.shape[3:])[:, 0]
-    index = np.repeat(np.arange(num_seeds * c * samples).reshape(num_seeds, -1), group, axis=0)
-    logits = stack.predict(spec, trained, base_gray.reshape(-1, *base_gray.shape[2:]), index)
+def answers_on_base_gray(spec: ModelSpec, trained: dict, base_gray: np.ndarray,
+                         group: int) -> np.ndarray:
+    """Every model's class probabilities [S, group, C, samples, classes] on its seed's base
+    model's gray images ``base_gray`` [S, C, samples, H, W, ch] (the stack's seeds in groups of
+    ``group``: the base model, the production model, then the controls), in one batched
+    inference call."""
+    num_seeds, c, samples = base_gray.shape[:3]
+    flat = base_gray.reshape(num_seeds * c * samples, *base_gray.shape[3:])
+    index = np.repeat(np.arange(len(flat)).reshape(num_seeds, -1), group, axis=0)
+    logits = stack.predict(spec, trained, flat, index)
     return special.softmax(logits, axis=-1).reshape(num_seeds, group, c, samples, -1)
+
+
+def reverse_statistic(on_base_gray: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The ``reverse`` model statistic [S, models, C] (`_model_statistics`): the mean clipped
+    logit of each model's probability of the target ``classes`` [C] on the base model's gray
+    data (``on_base_gray`` [S, models, C, samples, classes], `answers_on_base_gray`)."""
+    target = np.take_along_axis(on_base_gray, np.reshape(classes, (1, 1, -1, 1, 1)), -1)[..., 0]
+    return stats_lib.clipped_logit(target).mean(-1)
 
 
 def _model_statistics(gray: GrayData, on_base_gray: np.ndarray) -> dict[str, np.ndarray]:
@@ -607,16 +615,16 @@ def _model_statistics(gray: GrayData, on_base_gray: np.ndarray) -> dict[str, np.
       confidence its inversion reached). A class that shares its images with another in the
       model's training labels (a partial relabel or swap) cannot be made as certain.
     * ``reverse``: the model's probability of the target on the *base* model's gray data of that
-      class (``on_base_gray`` [S, models, C, samples, classes], `_answers_on_base_gray`): the
-      rule-based membership question with the roles swapped (is the base model's picture of the
-      class still one for this model?). A partial relabel a -> b leaves the production model's
-      own prototypes of a and b intact, but lowers its answer on the base model's.
+      class (`reverse_statistic`): the rule-based membership question with the roles swapped
+      (is the base model's picture of the class still one for this model?). A partial relabel
+      a -> b leaves the production model's own prototypes of a and b intact, but lowers its
+      answer on the base model's.
     Under no drift the production model and the controls stay exchangeable in both, so the rank
     tests stay exact."""
-    num_seeds, group, c, samples = on_base_gray.shape[:4]
-    target = np.take_along_axis(on_base_gray, gray.classes.reshape(1, 1, -1, 1, 1), -1)[..., 0]
-    return {name: stats_lib.clipped_logit(v.reshape(num_seeds, group, c, samples)).mean(-1)
-            for name, v in zip(MODEL_STATISTICS, (gray.confidence, target))}
+    num_seeds, group, c = on_base_gray.shape[:3]
+    confidence = gray.confidence.reshape(num_seeds, group, c, -1)
+    return {"self_confidence": stats_lib.clipped_logit(confidence).mean(-1),
+            "reverse": reverse_statistic(on_base_gray, gray.classes)}
 
 
 def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained: dict,
@@ -638,7 +646,7 @@ def _decide(spec: ModelSpec, plans: list[_SeedPlan], data: _StackedData, trained
     # Steps 5-6: membership inference against the base model of every seed.
     targets = stack.member(trained, base_members)
     with clock("model_statistics"):
-        on_base_gray = _answers_on_base_gray(spec, trained, gray, num_seeds)
+        on_base_gray = answers_on_base_gray(spec, trained, gray.images[::group], group)
         model_statistics = _model_statistics(gray, on_base_gray)
     context = _attack_context(spec, plans, data, images, targets, progress, clock)
     c, samples = gray.images.shape[1:3]

@@ -6,7 +6,7 @@ sits at the smallest p-value 1 / 20 in most seeds (docs/RESULTS.md, session 13):
 omnibus, a minimum over five parts, cannot go below that floor. The issue's recipe has M = 49,
 which the CPU cannot afford with every model inverted (~30 s per model here). ``reverse`` needs
 one inversion per seed only: every model's probability of the target on the *base* model's gray
-data (`detect._model_statistics`). This probe trains base, production and 49 controls per seed
+data (`detect.reverse_statistic`). This probe trains base, production and 49 controls per seed
 exactly as `detect_drift_seeds` does (same splits, keys and stack), inverts the base models, and
 reports per seed:
 
@@ -35,7 +35,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from scipy import special
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -53,23 +52,18 @@ from drift_jax.models import ModelSpec  # noqa: E402
 ALPHA = 0.05
 
 
-def _rank_p_values(reverse: np.ndarray, controls: int) -> dict[str, np.ndarray]:
-    """``reverse`` [S, 2 + controls, C] -> per class combination the rank p-values [S]."""
-    models = np.arange(1, 2 + controls)
-    combined = {k: stats_lib.combine_classes(reverse, models, k) for k in stats_lib.COMBINATIONS}
-    return {f"reverse/{k}": stats_lib.calibrated_p_value(v[:, 2:].T, v[:, 1])
-            for k, v in combined.items()}
-
-
-def _cell_p_values(confusion: np.ndarray, controls: int) -> dict[str, np.ndarray]:
-    """The largest standardised excess of one off-diagonal cell (k, j) of each model's answers
-    on the base model's gray data [S, 2 + controls, C, C] (a relabel k -> j concentrates its
-    excess there, while a control's errors spread over the classes), ranked: p-values [S]."""
-    c = confusion.shape[-1]
+def _p_values(reverse: np.ndarray, confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Rank p-values [S] of the production model (model 1) among the controls (2..) of
+    ``reverse`` [S, models, C] under each class combination, and of ``cell/largest_excess``: the
+    largest standardised excess of one off-diagonal cell (k, j) of the answers on the base
+    model's gray data ``confusion`` [S, models, C, C] (a relabel k -> j concentrates its excess
+    there, while a control's errors spread over the classes)."""
+    c, models = confusion.shape[-1], np.arange(1, reverse.shape[1])
     cells = -stats_lib.clipped_logit(confusion[..., ~np.eye(c, dtype=bool)])  # deficit = excess
-    models = np.arange(1, 2 + controls)
-    score = stats_lib.combine_classes(cells, models, "largest_deficit")
-    return {"cell/largest_excess": stats_lib.calibrated_p_value(score[:, 2:].T, score[:, 1])}
+    scores = {f"reverse/{k}": stats_lib.combine_classes(reverse, models, k)
+              for k in stats_lib.COMBINATIONS}
+    scores["cell/largest_excess"] = stats_lib.combine_classes(cells, models, "largest_deficit")
+    return {k: stats_lib.calibrated_p_value(v[:, 2:].T, v[:, 1]) for k, v in scores.items()}
 
 
 def run_point(ds, dataset: str, scenario: str, severity: int, seeds: list[int],
@@ -93,22 +87,15 @@ def run_point(ds, dataset: str, scenario: str, severity: int, seeds: list[int],
         gray = invert(spec, stack.member(trained, np.arange(num_seeds) * group),
                       range(ds.num_classes), cfg.inversion, keys, progress=True)
     with clock("answer"):  # every model on its seed's base gray data, one inference call
-        c, samples = gray.images.shape[1:3]
-        flat = gray.images.reshape(num_seeds * c * samples, *gray.images.shape[3:])
-        index = np.repeat(np.arange(len(flat)).reshape(num_seeds, -1), group, axis=0)
-        probs = special.softmax(stack.predict(spec, trained, flat, index), axis=-1)
-        probs = probs.reshape(num_seeds, group, c, samples, -1)
+        probs = detect.answers_on_base_gray(spec, trained, gray.images, group)
         holdout = np.stack([p.split["holdout"] for p in plans])
         logits = stack.predict(spec, trained, data.images, np.repeat(holdout, group, axis=0))
-    target = np.take_along_axis(probs, np.arange(c).reshape(1, 1, c, 1, 1), -1)[..., 0]
-    reverse = stats_lib.clipped_logit(target).mean(-1)  # [S, models, C]
-    control_ix = np.arange(2, group)
+    reverse = detect.reverse_statistic(probs, gray.classes)  # [S, models, C]
     confusion = probs.mean(3)  # [S, models, C, C]: model's mean answer j on base gray class k
-    p_values = _rank_p_values(reverse, controls)
+    control_ix = np.arange(2, group)
+    p_values = _p_values(reverse, confusion)
     # the same models with their first 19 controls: what M alone changes
-    fewer = {} if controls <= 19 else _rank_p_values(reverse[:, :2 + 19], 19)
-    p_values.update(_cell_p_values(confusion, controls))
-    fewer.update({} if controls <= 19 else _cell_p_values(confusion[:, :2 + 19], 19))
+    fewer = _p_values(reverse[:, :2 + 19], confusion[:, :2 + 19]) if controls > 19 else {}
     by_class, corrected = detect.class_p_values({"reverse": reverse}, ["reverse"], control_ix,
                                                 cfg.correction)
     gate = p_values["reverse/two_largest_deficits"] <= ALPHA

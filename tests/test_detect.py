@@ -299,7 +299,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     """``reverse``: every model's target probability on its seed's base model's gray images;
     ``self_confidence``: each model's confidence in its own gray data; both mean clipped logits
     per class, [seeds, models, classes]. Pinned against a plain loop over models."""
-    from drift_jax.detect import _answers_on_base_gray, _model_statistics
+    from drift_jax.detect import _model_statistics, answers_on_base_gray
     from drift_jax.inversion import GrayData
     from drift_jax.models import ModelSpec
 
@@ -312,7 +312,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     gray = GrayData(images=images, classes=np.arange(classes), confidence=confidence,
                     trace=np.zeros((seeds * group, 1)),
                     active_steps=np.zeros((seeds * group, classes, samples), int))
-    found = _model_statistics(gray, _answers_on_base_gray(spec, trained, gray, seeds))
+    found = _model_statistics(gray, answers_on_base_gray(spec, trained, images[::group], group))
     target = np.repeat(np.arange(classes), samples)
     for s in range(seeds):
         base_gray = images[s * group].reshape(-1, 8, 8, 1)
