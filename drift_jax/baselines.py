@@ -1,4 +1,4 @@
-"""Baselines on the same splits and controls (METHOD.md "Baselines to compare against").
+"""Baselines on the same splits and controls (docs/METHOD.md, "Baselines").
 
 * model disagreement: agreement of base and production predictions on held-out base data,
   calibrated by the control models (needs no production data);

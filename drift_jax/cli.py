@@ -298,7 +298,7 @@ def _add_report(sub) -> None:
 
 
 def _report(args) -> int:
-    from drift_jax import report as report_lib
+    from drift_jax import aggregate as report_lib
 
     summary = report_lib.write(args.sweep_dir, args.out)
     print(report_lib.markdown(summary["group_keys"], summary["methods"], summary["groups"]))

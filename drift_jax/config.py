@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One recipe for every member of a stack (DESIGN.md: Adam 1e-3, batch 64, softmax CE)."""
+    """One recipe for every member of a stack (docs/DESIGN.md: Adam 1e-3, batch 64, softmax CE)."""
 
     epochs: int = bounded(5, ge=1)
     batch_size: int = bounded(64, ge=1)

@@ -39,7 +39,8 @@ class ExecutionConfig:
 # CPU: chosen by `scripts/bench_train.py` (BENCHMARKS.md) on the project's 2-core machine, jax
 # 0.10.2: members one after another inside the step beat vmap, whose convolutions over members'
 # weights lower to grouped convolutions (about half the rate there). GPU/TPU: vmap batches the
-# members into wide kernels (DESIGN.md). One H200 probe (jax 0.11.2, ../shared/probes) found no
+# members into wide kernels (docs/DESIGN.md). One H200 probe (jax 0.11.2,
+# scripts/probes/gpu_throughput.py) found no
 # form that scales yet: 16 members 240k (vmap), 247k (map), 328k (loop) model-images/s against
 # 279k for one model; `scripts/bench_gpu.py` measures the candidates (im2col convs among them)
 # to choose this default from.

@@ -1,4 +1,4 @@
-"""Model inversion of a whole stack into gray data (METHOD.md steps 3-4).
+"""Model inversion of a whole stack into gray data (docs/METHOD.md, "Model inversion").
 
 Two methods, one compiled program each, batched over models x classes x samples:
 
@@ -68,7 +68,7 @@ class MIFaceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RegularizedConfig:
-    """CIFAR-scale starting points from METHOD.md."""
+    """CIFAR-scale starting points (docs/METHOD.md, "Regularised inversion")."""
 
     steps: int = bounded(2000, ge=1)
     learning_rate: float = bounded(0.05, gt=0)

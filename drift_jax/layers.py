@@ -5,16 +5,16 @@ Why a custom VJP for convolution: inside a `lax.while_loop` body (so inside `lax
 gradient ``f01b_i01o->01bf``, input gradient with an ``01oi`` kernel) and emits them as naive
 loops instead of library calls; outside a loop it canonicalises them first. That is why a scanned
 train step ran 26x slower than the same step called from Python
-(`../shared/probes/scan_vs_loop.py`). `conv2d` writes both gradients directly in the canonical
+(`scripts/probes/scan_vs_loop.py`). `conv2d` writes both gradients directly in the canonical
 ``NHWC x HWIO`` form (for the weight gradient the input's channels act as the batch and its batch
 as the contracted feature axis; for the input gradient the kernel is flipped and its channel axes
 swapped explicitly), so they are library convolutions in and out of loops. Numerically they are
 the same contractions as autodiff's (tests/test_layers.py checks parity).
 
 Why reshape-max pooling: `flax.linen.max_pool`'s backward (select-and-scatter) made a SeedCNN step
-3.4x slower on XLA:CPU; a reshape + max over the window axes is cheap. Its gradient is written by
-hand (four strided slices) so that a tied window sends it to one element, as PyTorch and flax do:
-MIFace parity with IBM ART depends on it.
+3.4x slower on XLA:CPU (`scripts/probes/pooling_step.py`); a reshape + max over the window axes
+is cheap. Its gradient is written by hand (four strided slices) so that a tied window sends it to
+one element, as PyTorch and flax do: MIFace parity with IBM ART depends on it.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 def conv2d_im2col(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
     """`conv2d` as patches @ kernel: one matrix product per layer, so a vmapped stack becomes a
     batched matrix product (an accelerator candidate; on XLA:CPU its d/dx is 10-25x slower,
-    `../shared/probes/conv_kernels.py`)."""
+    `scripts/probes/conv_kernels.py`)."""
     kh, kw, cin, cout = w.shape
     pads = [_same_padding(x.shape[1], kh, stride), _same_padding(x.shape[2], kw, stride)]
     # Patches come out channel-major (cin, kh, kw): order the kernel rows the same way.

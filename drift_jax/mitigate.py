@@ -1,4 +1,4 @@
-"""From detection to recovery (METHOD.md: Detection -> Mitigation): `mitigate` trains candidate
+"""From detection to recovery (docs/METHOD.md, "Mitigation"): `mitigate` trains candidate
 updated models for a finished `detect` run, all as one stack, and measures each one.
 
 Strategies, every trained one a member of one `stack.train_stack` program (one recipe: the run's):
@@ -43,7 +43,7 @@ import numpy as np
 from drift_jax import config as config_lib
 from drift_jax import data as data_lib
 from drift_jax import detect as detect_lib
-from drift_jax import membership, runtime, stack, validate
+from drift_jax import membership, runtime, stack
 from drift_jax.config import TrainConfig
 from drift_jax.data import Dataset
 from drift_jax.data import scenarios as scenarios_lib
@@ -51,7 +51,7 @@ from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_folder, atomic_write_bytes, atomic_write_json
 from drift_jax.inversion import GrayData, invert
 from drift_jax.models import ModelSpec
-from drift_jax.report import MODEL_MEMBERS, REPORT_OPTIONAL, REPORT_SCHEMA
+from drift_jax.report import MODEL_MEMBERS, read_run_report
 from drift_jax.validate import bounded, check_fields
 
 STRATEGIES = ("fine_tune", "retrain", "targeted", "replay", "wise_ft", "distill")
@@ -99,7 +99,7 @@ class Run:
     """A finished detect run folder, read and checked."""
 
     path: Path
-    report: dict
+    report: detect_lib.DriftReport
     config: detect_lib.DetectConfig
     spec: ModelSpec
     models: dict  # leaves [2, ...]: base, production
@@ -115,9 +115,8 @@ def load_run(path: str | Path) -> Run:
         raise DriftJaxError(f"--run {path} does not exist or is not a folder; {fix}")
     if not (path / "report.json").exists():
         raise DriftJaxError(f"--run {path} is not a finished detect run (no report.json); {fix}")
-    report = validate.read_json(path / "report.json", REPORT_SCHEMA, "run report", fix,
-                                REPORT_OPTIONAL)
-    config = config_lib.from_dict(detect_lib.DetectConfig, report["config"], "config")
+    report = read_run_report(path, fix)
+    config = config_lib.from_dict(detect_lib.DetectConfig, report.config, "config")
     if config.stat in detect_lib.MODEL_STATISTICS:  # they need the controls, not kept in a run
         raise DriftJaxError(f"--run {path} was decided by stat={config.stat!r}, a statistic of "
                             "the control models, which a run does not keep, so mitigation "
@@ -170,17 +169,18 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
     ``production`` as for `detect_drift`."""
     cfg, spec = run.config, run.spec
     base = base if base is not None else data_lib.load(cfg.base)
-    pool, holdout_ix = detect_lib._with_holdout(cfg, base)
-    if list(pool.class_names) != list(run.report["class_names"]):
+    pool, holdout_ix = detect_lib.with_holdout(cfg, base)
+    if list(pool.class_names) != list(run.report.class_names):
         raise DriftJaxError(f"the data's class names {list(pool.class_names)} do not match the "
-                            f"run's {run.report['class_names']}; pass the data the run used "
+                            f"run's {run.report.class_names}; pass the data the run used "
                             f"({cfg.base}).")
     if (spec.num_classes, spec.image_shape) != (pool.num_classes, pool.image_shape):
         raise DriftJaxError(f"the data ({pool.num_classes} classes of {pool.image_shape}) does not "
                             f"match the run's models ({spec.num_classes} of {spec.image_shape}).")
-    plan = detect_lib._plan(cfg, pool, base.labels, holdout_ix, production)
+    plan = detect_lib.plan_seed(cfg, pool, base.labels, holdout_ix, production,
+                                stored_splits(run, len(pool)))
     split, seed_key = plan.split, jax.random.key(cfg.seed)
-    base_eval = np.concatenate([split["holdout"], split["reference"]])
+    base_eval = np.concatenate([split.holdout, split.reference])
     parts_images, parts_labels = [pool.images], [pool.labels]
     offset = len(pool)
 
@@ -195,7 +195,7 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
     if plan.production is None:  # a production model only: agreement with it
         kind, prod_eval = "production model agreement", append(
             held, _predict(spec, run.models, held, 1).argmax(-1))
-    elif split["production"] is not None:  # split off the base data: fresh held-out copies
+    elif split.production is not None:  # split off the base data: fresh held-out copies
         kind = "labels"
         prod_rows = append(plan.production.images, plan.production.labels)
         images, labels = scenarios_lib.apply(
@@ -210,7 +210,7 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
             cfg.seed, len(present))
         prod_rows = append(plan.production.images[train_ix], plan.production.labels[train_ix])
         prod_eval = append(plan.production.images[eval_ix], plan.production.labels[eval_ix])
-    base_images = pool.images[split["base"]]
+    base_images = pool.images[split.base]
     teacher = jax.nn.softmax(_predict(spec, run.models, base_images, 1), -1)
     changed = flagged
     if config.partner_threshold is not None:
@@ -224,15 +224,31 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
                                   (base_answers, pool.labels[base_eval]))
     # distillation targets: the production model's probabilities where the base image's label
     # or the production model's answer is a changed class, the base label elsewhere
-    hard = np.eye(spec.num_classes, dtype=np.float32)[pool.labels[split["base"]]]
-    drifted = np.isin(pool.labels[split["base"]], changed) | np.isin(teacher.argmax(-1), changed)
+    hard = np.eye(spec.num_classes, dtype=np.float32)[pool.labels[split.base]]
+    drifted = np.isin(pool.labels[split.base], changed) | np.isin(teacher.argmax(-1), changed)
     distill = append(base_images, np.zeros(len(base_images), np.int64))
     targets = np.eye(spec.num_classes, dtype=np.float32)[np.concatenate(parts_labels)]
     targets[distill] = np.where(drifted[:, None], teacher, hard)
     return MitigationData(np.concatenate(parts_images), targets,
-                          targets.argmax(-1).astype(np.int32), split["base"], prod_rows,
-                          prod_eval, distill, split["holdout"], split["reference"], kind,
+                          targets.argmax(-1).astype(np.int32), split.base, prod_rows,
+                          prod_eval, distill, split.holdout, split.reference, kind,
                           changed, plan.keys)
+
+
+def stored_splits(run: Run, pool_size: int) -> detect_lib.Splits | None:
+    """The run's own splits (splits.npz), so that mitigation trains and evaluates on exactly
+    the rows detect used; None for runs written before runs stored them (then they are
+    recomputed from the config and seed)."""
+    stored = run.report.splits
+    if stored is None:
+        return None
+    rows = np.concatenate([v.ravel() for k, v in stored.items() if k != "controls"])
+    if rows.size and rows.max() >= pool_size:
+        raise DriftJaxError(f"--run {run.path}: its splits.npz indexes {rows.max() + 1} images, "
+                            f"the data given has {pool_size}; pass the data the run used "
+                            f"({run.config.base}).")
+    return detect_lib.Splits(stored["base"], stored.get("production"), stored["reference"],
+                             stored["holdout"])
 
 
 def partner_classes(old: np.ndarray, new: np.ndarray, flagged: np.ndarray, num_classes: int,
@@ -272,16 +288,16 @@ def _strategies(run: Run, config: MitigateConfig, has_production_data: bool) -> 
 
 
 def _flagged_classes(run: Run, config: MitigateConfig) -> np.ndarray:
-    names = list(run.report["class_names"])
-    chosen = config.classes if config.classes is not None else run.report["drifted_classes"]
+    names = list(run.report.class_names)
+    chosen = config.classes if config.classes is not None else run.report.drifted_classes
     unknown = [c for c in chosen if c not in names]
     if unknown:
         raise DriftJaxError(f"classes {unknown} are not classes of the run; choose from "
                             f"{', '.join(names)}.")
     if not chosen:
         raise DriftJaxError(
-            f"run {run.path} flagged no drifted class (drift: {run.report['is_drift']}, p = "
-            f"{run.report['p_value']}), so there is nothing to mitigate; to mitigate anyway, "
+            f"run {run.path} flagged no drifted class (drift: {run.report.is_drift}, p = "
+            f"{run.report.p_value}), so there is nothing to mitigate; to mitigate anyway, "
             "choose the classes by hand with --classes NAME,NAME.")
     return np.array(sorted(names.index(c) for c in chosen))
 
@@ -373,11 +389,11 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
     attack (fitted against the candidate as detect fits it against the base model) scores the
     candidate's own gray data, the production model's and the controls' (the run's gray data;
     the candidates are inverted as one stack), and the production model's score is ranked among
-    the controls'. The omnibus combines the attack's parts of `detect.OMNIBUS` only: its model
-    statistics need the control models, which a run does not keep (and self-confidence does not
-    involve the base model at all). The base model's row repeats that test. One dict per
-    candidate:
-    ``p_value``, ``is_drift`` and the classes still flagged."""
+    the controls'. The omnibus combines the attack's parts of `detect.OMNIBUS` only
+    (`retest_statistic` names them): its model statistics need the control models, which a run
+    does not keep (and self-confidence does not involve the base model at all). The base
+    model's row repeats that test. One dict per candidate: ``p_value``, ``is_drift`` and the
+    classes still flagged."""
     cfg, spec = run.config, run.spec
     k, c = len(candidates.names), spec.num_classes
     with clock("invert"):
@@ -394,8 +410,8 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         num_models, samples = gray.shape[1], gray.shape[3]
         name = cfg.primary_attack
         index = cfg.attacks.index(name)
-        members, nonmembers = detect_lib.attack_rows(cfg, {"base": data.base,
-                                                           "holdout": data.holdout})
+        members, nonmembers = detect_lib.attack_rows(cfg, detect_lib.Splits(
+            data.base, None, data.reference, data.holdout))
         attack_key = jax.random.fold_in(data.keys["attack"], index)
         context = membership.AttackContext(
             spec, candidates.variables, images, data.labels, np.tile(members, (k, 1)),
@@ -414,21 +430,32 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         scores = attack.score(gray.reshape(k, -1, *gray.shape[4:]),
                               np.broadcast_to(np.arange(c)[None, None, :, None],
                                               gray.shape[:4]).reshape(k, -1))
-        shape = (k, num_models, c, samples)
-        values = scores.scores.get(attack.oriented_score, scores.probability)
-        results = detect_lib._score_attack(
-            values.reshape(shape), scores.probability.reshape(shape),
-            scores.decision.reshape(shape), cfg, jnp.stack([data.keys["test"]] * k), index)
-    names = np.array(run.report["class_names"])
+        scores = detect_lib.GrayScores.from_membership(scores, attack.oriented_score,
+                                                       (k, num_models, c, samples))
+        class_statistics = detect_lib.attack_statistics(
+            scores, detect_lib.recorded_statistics(cfg))
+        results = detect_lib.score_attack(scores, class_statistics, cfg,
+                                          jnp.stack([data.keys["test"]] * k), index)
+    names = np.array(run.report.class_names)
     out = []
     for r in results:
-        is_drift = bool(r["p_value"] <= cfg.alpha)
-        corrected = np.asarray(r["per_class"]["p_value_corrected"])
-        out.append({"attack": name, "statistic": r["statistic"], "p_value": r["p_value"],
+        is_drift = bool(r.p_value <= cfg.alpha)
+        corrected = r.per_class.p_value_corrected
+        out.append({"attack": name, "statistic": retest_statistic(cfg, class_statistics),
+                    "p_value": r.p_value,
                     "is_drift": is_drift,
                     "still_flagged": names[corrected <= cfg.alpha].tolist() if is_drift else [],
                     "per_class_p_value_corrected": corrected.tolist()})
     return out
+
+
+def retest_statistic(config: detect_lib.DetectConfig, class_statistics: dict) -> str:
+    """The re-test's statistic by what it combines: the omnibus of a re-test has only the
+    attack's parts (`detect.OMNIBUS` without the model statistics, which need the controls)."""
+    if config.stat != "omnibus":
+        return config.decision_name
+    parts = [s for s, _ in detect_lib.OMNIBUS if s in class_statistics]
+    return f"omnibus[{','.join(parts)}]/min_rank"
 
 
 def recommend(rows: list[dict], max_forgetting: float) -> tuple[str | None, str]:
@@ -498,7 +525,7 @@ def mitigate(run_dir: str | Path, config: MitigateConfig = MitigateConfig(),
         measured = evaluate(run.spec, candidates, data, images)
     tests = (retest(run, candidates, data, images, clock, progress)
              if config.retest and run.config.controls else [None] * len(candidates.names))
-    class_names = list(run.report["class_names"])
+    class_names = list(run.report.class_names)
     rows = []
     for i, name in enumerate(candidates.names):
         rows.append({
@@ -512,7 +539,7 @@ def mitigate(run_dir: str | Path, config: MitigateConfig = MitigateConfig(),
             "images_seen": candidates.images_seen[i], "retest": tests[i]})
     recommended, rule = recommend(rows, config.max_forgetting)
     total = sum(clock.seconds.values())
-    detect_total = run.report["timings"].get("total")
+    detect_total = run.report.timings.get("total")
     timings = {**clock.seconds, "total": total, "compiles": clock.compiles,
                "detect_total": detect_total,
                "cost_vs_detect": total / detect_total if detect_total else None}

@@ -1,6 +1,6 @@
 """Flax architectures. Models take float NHWC images in [0, 1] and return logits.
 
-`SeedCNN` is the architecture of the original work (DESIGN.md); `ResNet` is a small CIFAR-style
+`SeedCNN` is the architecture of the original work (docs/DESIGN.md); `ResNet` is a small CIFAR-style
 residual network with BatchNorm (He et al. 2016, sec. 4.2: 3 stages of 16/32/64 channels), whose
 running statistics regularised inversion matches later.
 """

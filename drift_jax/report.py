@@ -1,71 +1,226 @@
-"""Results on disk: one run's report (`DriftReport`, `write_report`: report.json, summary.md,
-gray data and figures), and `drift-jax report SWEEP_DIR`: every finished run under a folder ->
-tables and figures.
+"""One run on disk: `DriftReport` <-> report.json, and the run folder (`write_report`,
+`read_run_report`).
 
-Runs are found by their ``report.json`` (any depth, so the folders of several sweep tasks or
-machines merge by being put side by side). Grouped by every config key that varies across the
-runs except ``seed``; per group, the detection rate at each run's alpha of every method: the
-calibrated test per attack (``attack:X``), the original seed rule (``seed_rule:X``), the
-permutation test base gray vs production gray (``permutation:X``) and each baseline; and
-mean±sd over seeds of the accuracies and of each attack's member fraction, base / production
-gray data (the original work's table).
+report.json is the only place a run's results are shaped as JSON. It carries
+``schema_version`` (`SCHEMA_VERSION`) and the drift_jax version and commit that wrote it;
+readers migrate the versions they know explicitly (`MIGRATIONS`) and refuse the others with a
+message that says what to do.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import functools
+import importlib.metadata
 import io
-import json
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from drift_jax import validate
+from drift_jax.detect.results import (
+    Accuracy,
+    AttackResult,
+    BaselineResult,
+    ClassMeans,
+    DriftReport,
+    Localisation,
+    Partner,
+    PerClass,
+    SeedRule,
+    TestResult,
+)
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_folder, atomic_write_bytes, atomic_write_json
-from drift_jax.inversion import GrayData
 
-# ----------------------------------------------------------------------------- one run
-
-
-@dataclasses.dataclass
-class DriftReport:
-    """Everything a run decided and measured; `to_json()` is what report.json holds.
-
-    ``timings`` holds wall seconds per stage (shared by the seeds that ran as one stack),
-    ``total``, and ``compiles``: per stage, XLA executables built (``count``), seconds spent on
-    them and how many came from the persistent compilation cache (``cache_hits``)."""
-
-    is_drift: bool
-    p_value: float
-    drifted_classes: list[str]
-    attacks: dict
-    baselines: dict
-    accuracy: dict
-    timings: dict
-    config: dict
-    class_names: list[str]
-    scenario: dict
-    environment: dict
-    # the per-class test's flagged classes and, per flagged class, where its concept went: the
-    # destination, the direction that found it, whether it is named, and every other class's
-    # corrected p-value per direction (`detect.partner_tests`, `detect.named_classes`);
-    # "confusion" [models, C, C]: the base model's mean class probabilities on every model's gray
-    # data of each class (row k: the gray images of class k; models: base, production,
-    # controls); "confusion_on_base_gray" [models, C, C]: every model's on the base model's
-    localisation: dict = dataclasses.field(default_factory=dict)
-    gray: GrayData | None = None
-    # (ModelSpec, variables [2]): the base and production models, which `mitigate` starts from
-    models: tuple | None = None
-
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(dataclasses.replace(self, gray=None, models=None))
-        out.pop("gray"), out.pop("models")
-        return out
+SCHEMA_VERSION = 2  # 1: report.json without a version (the same fields, no provenance)
+MODEL_MEMBERS = ("base", "production")  # the members of a run folder's models/ checkpoint
+# report.json's top level, as `validate.read_json` checks it
+REPORT_SCHEMA = {"schema_version": int, "drift_jax": dict, "is_drift": bool,
+                 "p_value": (float, type(None)), "drifted_classes": list, "attacks": dict,
+                 "baselines": dict, "accuracy": dict, "timings": dict, "config": dict,
+                 "class_names": list, "scenario": dict, "environment": dict,
+                 "localisation": dict}
+ROUNDING = 6  # decimals of the per-model arrays (class statistics, confusion)
 
 
-# `detect.PARTNER_DIRECTIONS` in words
+@functools.cache
+def provenance() -> dict:
+    """drift_jax's version and, when it runs from a git checkout, its commit."""
+    try:
+        version = importlib.metadata.version("drift_jax")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    try:
+        found = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+                               capture_output=True, text=True, timeout=10)
+        commit = found.stdout.strip() if found.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"version": version, "commit": commit or None}
+
+
+# ----------------------------------------------------------------------------- to JSON
+
+
+def _plain(value):
+    """Arrays and numpy scalars -> lists and Python numbers, through dicts and lists."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _rounded(value):
+    """In float64: a float32 rounded to six decimals is not six decimals long in JSON."""
+    return None if value is None else np.round(np.asarray(value, np.float64), ROUNDING).tolist()
+
+
+def attack_to_json(a: AttackResult) -> dict:
+    out = _plain({f.name: getattr(a, f.name) for f in dataclasses.fields(a)
+                  if f.name not in ("class_statistics", "per_class", "permutation_test",
+                                    "seed_rule", "continuous")})
+    out["class_statistics"] = (None if a.class_statistics is None else
+                               {k: _rounded(v) for k, v in a.class_statistics.items()})
+    out["per_class"] = _plain(dataclasses.asdict(a.per_class))
+    out["permutation_test"] = dataclasses.asdict(a.permutation_test)
+    out["seed_rule"] = dataclasses.asdict(a.seed_rule)
+    out["continuous"] = {k: _plain(dataclasses.asdict(v)) for k, v in a.continuous.items()}
+    return out
+
+
+def report_to_json(report: DriftReport) -> dict:
+    """What report.json holds."""
+    where = report.localisation
+    return {
+        "schema_version": SCHEMA_VERSION, "drift_jax": provenance(),
+        "is_drift": report.is_drift, "p_value": report.p_value,
+        "drifted_classes": list(report.drifted_classes),
+        "attacks": {k: attack_to_json(a) for k, a in report.attacks.items()},
+        "baselines": {k: {**_plain(b.details), "p_value": b.p_value, "is_drift": b.is_drift}
+                      for k, b in report.baselines.items()},
+        "accuracy": _plain(dataclasses.asdict(report.accuracy)),
+        "timings": report.timings, "config": report.config, "class_names": report.class_names,
+        "scenario": report.scenario, "environment": report.environment,
+        "localisation": {"flagged": list(where.flagged),
+                         "partners": {k: dataclasses.asdict(p) for k, p in where.partners.items()},
+                         "confusion": _rounded(where.confusion),
+                         "confusion_on_base_gray": _rounded(where.confusion_on_base_gray)}}
+
+
+# ----------------------------------------------------------------------------- from JSON
+
+
+def _array(value):
+    return None if value is None else np.asarray(value, float)
+
+
+def attack_from_json(a: dict) -> AttackResult:
+    per_class = a["per_class"]
+    by_statistic = per_class.get("p_value_by_statistic")
+    return AttackResult(
+        statistic=a["statistic"], base_score=a["base_score"],
+        production_score=a["production_score"], control_scores=_array(a["control_scores"]),
+        p_value=a["p_value"], statistics=a.get("statistics"),
+        class_statistics=(None if a.get("class_statistics") is None else
+                          {k: _array(v) for k, v in a["class_statistics"].items()}),
+        base_member_fraction=a["base_member_fraction"],
+        production_member_fraction=a["production_member_fraction"],
+        per_class=PerClass(*(_array(per_class.get(k)) for k in (
+            "base", "production", "control_mean", "p_value_rank", "p_value",
+            "p_value_corrected")), None if by_statistic is None else
+            {k: _array(v) for k, v in by_statistic.items()}),
+        permutation_test=TestResult(**a["permutation_test"]),
+        seed_rule=SeedRule(**a["seed_rule"]),
+        continuous={k: ClassMeans(*(_array(v.get(f)) for f in ("base", "production",
+                                                               "control_mean")))
+                    for k, v in (a.get("continuous") or {}).items()})
+
+
+def report_from_json(raw: dict) -> DriftReport:
+    """report.json (of `SCHEMA_VERSION`) -> `DriftReport` (without gray data or models)."""
+    where = raw["localisation"]
+    return DriftReport(
+        is_drift=raw["is_drift"], p_value=raw["p_value"],
+        drifted_classes=list(raw["drifted_classes"]),
+        attacks={k: attack_from_json(a) for k, a in raw["attacks"].items()},
+        baselines={k: BaselineResult(b["p_value"], b["is_drift"], {
+            f: v for f, v in b.items() if f not in ("p_value", "is_drift")})
+            for k, b in raw["baselines"].items()},
+        accuracy=Accuracy(raw["accuracy"]["base"], raw["accuracy"]["production"],
+                          _array(raw["accuracy"]["controls"])),
+        timings=raw["timings"], config=raw["config"], class_names=list(raw["class_names"]),
+        scenario=raw["scenario"], environment=raw["environment"],
+        localisation=Localisation(
+            list(where.get("flagged", [])),
+            {k: Partner(p["destination"], p.get("direction", "base_reads_production"),
+                        p["named"], p["p_values"] if "direction" in p
+                        else {"base_reads_production": p["p_values"]})
+             for k, p in where.get("partners", {}).items()},
+            _array(where.get("confusion")), _array(where.get("confusion_on_base_gray"))))
+
+
+def _migrate_v1(raw: dict) -> dict:
+    """Unversioned reports: the same fields; localisation may be missing (runs written before
+    per-class localisation) and partners may hold one direction's flat p-values."""
+    return {**raw, "localisation": raw.get("localisation") or {"flagged": [], "partners": {}},
+            "schema_version": 2, "drift_jax": {"version": None, "commit": None}}
+
+
+MIGRATIONS = {1: _migrate_v1}  # version -> a function to the next version
+
+
+def migrate(raw: dict, where: str) -> dict:
+    """An older report.json's dict brought to `SCHEMA_VERSION`, step by step; a newer or
+    unknown version is refused."""
+    version = raw.get("schema_version", 1)  # version 1 wrote none
+    if not isinstance(version, int) or version > SCHEMA_VERSION or \
+            (version < SCHEMA_VERSION and version not in MIGRATIONS):
+        raise DriftJaxError(f"{where} has schema_version {version!r}; this drift_jax "
+                            f"({provenance()['version']}) reads versions 1 to {SCHEMA_VERSION}: "
+                            "read it with the drift_jax that wrote it, or run detect again.")
+    while version < SCHEMA_VERSION:
+        raw = MIGRATIONS[version](raw)
+        version = raw["schema_version"]
+    return raw
+
+
+def read_run_report(path: str | Path, fix: str) -> DriftReport:
+    """A run folder's report.json as a `DriftReport` (migrated); any problem is one
+    `DriftJaxError` naming the file, with ``fix`` as the advice. The run's splits are attached
+    when the folder stores them (splits.npz)."""
+    path = Path(path)
+    raw = migrate(validate.read_json(path / "report.json", None, "run report", fix),
+                  str(path / "report.json"))
+    problem = validate.schema_problem(raw, REPORT_SCHEMA)
+    if problem:
+        raise DriftJaxError(f"run report {path / 'report.json'} {problem}; {fix}")
+    try:
+        report = report_from_json(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DriftJaxError(f"run report {path / 'report.json'} does not have the layout "
+                            f"drift_jax writes ({type(e).__name__}: {e}); {fix}") from None
+    if (path / "splits.npz").exists():
+        report.splits = read_splits(path / "splits.npz", fix)
+    return report
+
+
+def read_splits(path: Path, fix: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {k: stored[k] for k in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DriftJaxError(f"{path} cannot be read ({e}); {fix}") from None
+
+
+# ----------------------------------------------------------------------------- the folder
+
+# `localise.PARTNER_DIRECTIONS` in words
 PARTNER_SENTENCES = {
     "base_reads_production": "class {k}'s production gray data reads as class {j} to the base "
                              "model",
@@ -83,36 +238,28 @@ def summary_lines(report: DriftReport) -> list[str]:
     lines = [f"verdict: {verdict} ({decided_by})",
              f"scenario: {report.scenario['name']} (severity {report.scenario['severity']})",
              f"classes that moved: {', '.join(report.drifted_classes) or 'none'}"]
-    for name, found in report.localisation.get("partners", {}).items():
-        if found["named"]:
-            # reports written before session 13 asked one way, with flat p-values
-            direction = found.get("direction", "base_reads_production")
-            p_values = found["p_values"][direction] if "direction" in found else found["p_values"]
-            p = p_values[found["destination"]]
-            reads = PARTNER_SENTENCES[direction].format(k=name, j=found["destination"])
+    for name, found in report.localisation.partners.items():
+        if found.named:
+            p = found.p_values[found.direction][found.destination]
+            reads = PARTNER_SENTENCES[found.direction].format(k=name, j=found.destination)
             lines.append(f"  {reads} (p = {p:.3f})")
     for name, a in report.attacks.items():
-        calibrated = (f", controls {np.mean(a['control_scores']):.3f} -> p = "
-                      f"{a['p_value']:.3f}" if a["control_scores"] else "")
-        statistic = f" [{a['statistic']}]" if a.get("statistic") else ""
-        lines.append(f"  {name}{statistic}: base {a['base_score']:.3f} (members "
-                     f"{a['base_member_fraction']:.2f}), production {a['production_score']:.3f}"
-                     f" (members {a['production_member_fraction']:.2f}){calibrated}; "
-                     "permutation p = "
-                     f"{a['permutation_test']['p_value']:.3f}; seed rule "
-                     f"{'drift' if a['seed_rule']['is_drift'] else 'no drift'}")
+        calibrated = (f", controls {np.mean(a.control_scores):.3f} -> p = {a.p_value:.3f}"
+                      if len(a.control_scores) else "")
+        lines.append(f"  {name} [{a.statistic}]: base {a.base_score:.3f} (members "
+                     f"{a.base_member_fraction:.2f}), production {a.production_score:.3f}"
+                     f" (members {a.production_member_fraction:.2f}){calibrated}; "
+                     f"permutation p = {a.permutation_test.p_value:.3f}; seed rule "
+                     f"{'drift' if a.seed_rule.is_drift else 'no drift'}")
     for name, b in report.baselines.items():
-        lines.append(f"  baseline {name}: p = {b['p_value']:.3f}")
+        lines.append(f"  baseline {name}: p = {b.p_value:.3f}")
     return lines
 
 
-MODEL_MEMBERS = ("base", "production")  # the members of a run folder's models/ checkpoint
-
-
 def write_report(report: DriftReport, out: str | Path) -> Path:
-    """The run folder: report.json, config.json, summary.md, gray.npz, models/ (the base and
-    production models, an orbax stack of two) and figures/, written into
-    a temporary sibling that then replaces ``out`` whole (`files.atomic_folder`): a folder with
+    """The run folder: report.json, config.json, splits.npz, summary.md, gray.npz, models/
+    (the base and production models, an orbax stack of two) and figures/, written into a
+    temporary sibling that then replaces ``out`` whole (`files.atomic_folder`): a folder with
     report.json is a finished run, and a failure leaves ``out`` as it was."""
     out = Path(out)
     with atomic_folder(out) as tmp:
@@ -124,6 +271,10 @@ def _write_run(report: DriftReport, out: Path) -> None:
     from drift_jax import figures
 
     atomic_write_json(out / "config.json", report.config)
+    if report.splits is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **report.splits)
+        atomic_write_bytes(out / "splits.npz", buffer.getvalue())
     if report.models is not None:
         from drift_jax import stack
 
@@ -135,188 +286,15 @@ def _write_run(report: DriftReport, out: Path) -> None:
                           ["base model", "production model"], "gray data")
     for name, a in report.attacks.items():
         figures.score_bars(out / "figures" / f"scores_{name}.png", report.class_names,
-                           a["per_class"], title=f"{name}: per-class score")
-        if not a["control_scores"]:
+                           dataclasses.asdict(a.per_class), title=f"{name}: per-class score")
+        if not len(a.control_scores):
             continue
-        figures.null_distribution(out / "figures" / f"null_{name}.png", a["control_scores"],
-                                  a["production_score"], a["base_score"],
-                                  title=f"{name}: control null, p = {a['p_value']:.3f}")
+        figures.null_distribution(out / "figures" / f"null_{name}.png", list(a.control_scores),
+                                  a.production_score, a.base_score,
+                                  title=f"{name}: control null, p = {a.p_value:.3f}")
     md = ["# drift_jax detect", "", *[f"- {line.strip()}" for line in summary_lines(report)],
           "", "| stage | seconds |", "|---|---|",
           *[f"| {k} | {v:.1f} |" for k, v in report.timings.items()
             if isinstance(v, float)]]
     atomic_write_bytes(out / "summary.md", ("\n".join(md) + "\n").encode())
-    atomic_write_json(out / "report.json", report.to_json())
-
-
-# ----------------------------------------------------------------------------- sweeps
-
-
-IGNORED_KEYS = ("seed",)
-# report.json: `DriftReport.to_json()`.
-REPORT_SCHEMA = {"is_drift": bool, "p_value": (float, type(None)), "drifted_classes": list,
-                 "attacks": dict, "baselines": dict, "accuracy": dict, "timings": dict,
-                 "config": dict, "class_names": list, "scenario": dict, "environment": dict,
-                 "localisation": dict}
-REPORT_OPTIONAL = ("localisation",)  # absent from runs written before partner localisation
-REPORT_FIX = "delete its run folder and run the sweep again to redo it."
-
-
-def run_flags(report: dict) -> dict[str, bool]:
-    """Method -> flagged, for one report.json."""
-    alpha = report["config"]["alpha"]
-    flags = {}
-    for name, a in report["attacks"].items():
-        if a["p_value"] is not None:
-            flags[f"attack:{name}"] = a["p_value"] <= alpha
-        flags[f"seed_rule:{name}"] = a["seed_rule"]["is_drift"]
-        flags[f"permutation:{name}"] = a["permutation_test"]["p_value"] <= alpha
-    flags.update({f"baseline:{b}": r["is_drift"] for b, r in report["baselines"].items()})
-    return flags
-
-
-def swapped_classes_found(report: dict) -> bool | None:
-    """For a label swap: were exactly the two swapped classes named? (None otherwise.)"""
-    scenario = report["scenario"]
-    if scenario.get("name") != "label_swap":
-        return None
-    params, names = scenario.get("params") or {}, report["class_names"]
-    return set(report["drifted_classes"]) == {names[params.get("a", 0)],
-                                              names[params.get("b", 1)]}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = json.dumps(value) if isinstance(value, list | dict) else value
-    return out
-
-
-def collect(sweep_dir: str | Path) -> list[dict]:
-    """One row per finished run: its flattened config, flags, p-value, timings."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise DriftJaxError(f"{sweep_dir} is not a folder; give the --out folder of a sweep.")
-    rows = []
-    for path in sorted(sweep_dir.rglob("report.json")):
-        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
-            continue  # a run still being written (atomic_folder's temporary sibling)
-        report = validate.read_json(path, REPORT_SCHEMA, "run report", REPORT_FIX,
-                                    REPORT_OPTIONAL)
-        if not isinstance(report["config"].get("alpha"), float):
-            raise DriftJaxError(f"run report {path} has no config.alpha; {REPORT_FIX}")
-        rows.append({"run": path.parent.name, "config": _flatten(report["config"]),
-                     "flags": run_flags(report), "p_value": report["p_value"],
-                     "swap_found": swapped_classes_found(report),
-                     "seconds": report["timings"].get("total", float("nan")),
-                     "base_accuracy": report["accuracy"]["base"],
-                     "production_accuracy": report["accuracy"]["production"],
-                     "members": {n: (a["base_member_fraction"], a["production_member_fraction"])
-                                 for n, a in report["attacks"].items()},
-                     "scores": {n: {"production": a["production_score"],
-                                    "controls": a["control_scores"], "p_value": a["p_value"]}
-                                for n, a in report["attacks"].items()}})
-    if not rows:
-        raise DriftJaxError(f"no finished runs (report.json) under {sweep_dir}.")
-    return rows
-
-
-def varying_keys(rows: list[dict]) -> list[str]:
-    keys = sorted({k for r in rows for k in r["config"]})
-    return [k for k in keys if k not in IGNORED_KEYS
-            and len({json.dumps(r["config"].get(k)) for r in rows}) > 1]
-
-
-def summarize(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
-    """(group keys, methods, one dict per group with its detection rates)."""
-    keys = varying_keys(rows)
-    methods = sorted({m for r in rows for m in r["flags"]})
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r["config"].get(k) for k in keys), []).append(r)
-    table = []
-    for values, runs in sorted(groups.items(), key=lambda kv: json.dumps(kv[0])):
-        swaps = [r["swap_found"] for r in runs if r["swap_found"] is not None]
-        table.append({
-            **dict(zip(keys, values)), "runs": len(runs),
-            **{m: float(np.mean([r["flags"][m] for r in runs if m in r["flags"]]))
-               if any(m in r["flags"] for r in runs) else None for m in methods},
-            "swap_classes": float(np.mean(swaps)) if swaps else None,
-            "base_accuracy": _mean_sd([r["base_accuracy"] for r in runs]),
-            "production_accuracy": _mean_sd([r["production_accuracy"] for r in runs]),
-            **{f"members:{a}": " / ".join(_mean_sd([r["members"][a][i] for r in runs])
-                                          for i in (0, 1))
-               for a in sorted({a for r in runs for a in r["members"]})},
-            "seconds": float(np.median([r["seconds"] for r in runs]))})
-    return keys, methods, table
-
-
-def _mean_sd(values) -> str:
-    """'mean±sd' over seeds (sd omitted for one run)."""
-    values = np.asarray(values, float)
-    return f"{values.mean():.3f}" + (f"±{values.std(ddof=1):.3f}" if values.size > 1 else "")
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
-def markdown(keys: list[str], methods: list[str], table: list[dict]) -> str:
-    extra = sorted({c for row in table for c in row if c.startswith("members:")})
-    cols = [*keys, "runs", *methods, "swap_classes", "base_accuracy", "production_accuracy",
-            *extra, "seconds"]
-    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(rows: list[dict], cols: list[str]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, cols, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
-def write(sweep_dir: str | Path, out: str | Path | None = None) -> dict:
-    """runs.csv, summary.csv, summary.md, summary.json and figures/ in ``out`` (default
-    ``SWEEP_DIR/report``), replaced whole (a report is derived, so an old one is overwritten);
-    returns the summary."""
-    out = validate.output_folder(out if out else Path(sweep_dir) / "report", overwrite=True)
-    rows = collect(sweep_dir)
-    with atomic_folder(out) as tmp:
-        summary = _write_summary(rows, tmp)
-    return summary
-
-
-def _write_summary(rows: list[dict], out: Path) -> dict:
-    from drift_jax import figures
-
-    keys, methods, table = summarize(rows)
-    flat_rows = [{"run": r["run"], **{k: r["config"].get(k) for k in [*keys, "seed"]},
-                  **r["flags"], "p_value": r["p_value"], "swap_found": r["swap_found"],
-                  "seconds": r["seconds"]} for r in rows]
-    atomic_write_bytes(out / "runs.csv", _csv(flat_rows, list(flat_rows[0]) + [
-        m for m in methods if m not in flat_rows[0]]))
-    atomic_write_bytes(out / "summary.csv", _csv(table, list(table[0])))
-    atomic_write_bytes(out / "summary.md", markdown(keys, methods, table).encode())
-    if "severity" in keys:
-        figures.rate_against(out / "figures" / "detection_vs_severity.png", table, "severity",
-                             [m for m in methods if not m.startswith("permutation")],
-                             [k for k in keys if k != "severity"])
-    for attack in sorted({a for r in rows for a in r["scores"]}):
-        nulls = [(r["run"], r["scores"][attack]) for r in rows if attack in r["scores"]
-                 and r["scores"][attack]["controls"]]
-        if nulls:
-            figures.null_strips(out / "figures" / f"nulls_{attack}.png", nulls[:40],
-                                title=f"{attack}: control scores (grey) and production (red)")
-    summary = {"runs": len(rows), "group_keys": keys, "methods": methods, "groups": table}
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    atomic_write_json(out / "report.json", report_to_json(report))

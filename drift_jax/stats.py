@@ -1,4 +1,4 @@
-"""The decision statistics of METHOD.md ("Deciding drift: a test, not <<").
+"""The decision statistics of docs/METHOD.md ("The calibrated test", "Localisation").
 
 * calibrated p-value from M control models: p = (1 + #{control <= observed}) / (M + 1)
   (a one-sided Monte-Carlo p-value for "the production score is unusually low"),
@@ -186,12 +186,6 @@ def standardised_deficits(per_class: np.ndarray, models: np.ndarray) -> np.ndarr
     mean[..., models, :] = others_mean
     var[..., models, :] = (squares - reference ** 2) / (n - 1) - others_mean ** 2
     return (per_class - mean) / (np.sqrt(np.maximum(var, 0.0)) + 1e-12)
-
-
-def largest_deficit(per_class: np.ndarray, models: np.ndarray) -> np.ndarray:
-    """[..., G, C] -> [..., G]: the smallest standardised class statistic
-    (`standardised_deficits`), so that a change in one class is not averaged away by the others."""
-    return standardised_deficits(per_class, models).min(-1)
 
 
 def combine_classes(per_class: np.ndarray, models: np.ndarray, combine: str) -> np.ndarray:

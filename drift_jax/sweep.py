@@ -6,7 +6,7 @@ Finished runs are skipped, so a sweep killed at any moment (SIGKILL included) an
 ends with the results of an uninterrupted one. Points that differ only in ``seed`` run as one
 stack (`detect.detect_drift_seeds`); each seed's numbers do not depend on its companions.
 Points that differ only in inversion, attack or test settings share one training
-(`detect.TrainedCache`): ablations over inversion cost inversions, not trainings.
+(`TrainedCache`): ablations over inversion cost inversions, not trainings.
 
 Tasks (``task_index`` of ``num_tasks``, or SLURM array variables) split the sweep by groups of
 seeds; each task writes only its own run folders and `drift-jax report` merges them.
@@ -28,10 +28,30 @@ from tqdm.auto import tqdm
 from drift_jax import config as config_lib
 from drift_jax import data as data_lib
 from drift_jax import validate
-from drift_jax.detect import DetectConfig, TrainedCache, detect_drift_seeds
+from drift_jax.detect import DetectConfig, detect_drift_seeds
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_write_json
 from drift_jax.report import write_report
+
+
+class TrainedCache(collections.OrderedDict):
+    """The trained stacks of the last ``size`` training settings (`detect.cache_key`: every
+    config field training depends on, and the seeds): a sweep over inversion, attack or test
+    settings trains once per seed group, not per point."""
+
+    def __init__(self, size: int = 4):
+        super().__init__()
+        self.size = size
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+        return super().get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,18 +82,27 @@ def read_json(path: str | os.PathLike, schema: dict | None, what: str, fix: str,
         fail(f"holds a JSON {type(data).__name__}, not an object {{...}}")
     if schema is None:
         return data
+    problem = schema_problem(data, schema, optional)
+    if problem:
+        fail(problem)
+    return data
+
+
+def schema_problem(data: dict, schema: dict, optional: tuple[str, ...] = ()) -> str | None:
+    """What keeps ``data`` from ``schema`` ({key: type or tuple of types}; exactly those keys,
+    ``optional`` ones may be missing), as a phrase for an error message, or None."""
     missing = [k for k in schema if k not in data and k not in optional]
     extra = [k for k in data if k not in schema]
     problems = ([f"missing keys {', '.join(missing)}"] if missing else []) + (
         [f"unknown keys {', '.join(extra)}"] if extra else [])
     if problems:
-        fail("has " + " and ".join(problems))
+        return "has " + " and ".join(problems)
     for key, kind in schema.items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or (
                 isinstance(value, bool) and kind in (int, float, (int, float)))):
-            fail(f"has {key} = {value!r}, expected {getattr(kind, '__name__', kind)}")
-    return data
+            return f"has {key} = {value!r}, expected {getattr(kind, '__name__', kind)}"
+    return None
 
 
 # ----------------------------------------------------------------------------- output folders

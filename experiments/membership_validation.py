@@ -1,5 +1,5 @@
 """Validate every membership attack on real members vs non-members before trusting it on gray
-data (METHOD.md). A SeedCNN is overfit on 2,500 images of a 5,000-image CIFAR-10 (JPEG q75)
+data (docs/METHOD.md). A SeedCNN is overfit on 2,500 images of a 5,000-image CIFAR-10 (JPEG q75)
 subset (25 epochs); the attacks score all 5,000 (2,500 members, 2,500 non-members):
 
   rule-based            member iff the target predicts the label (a binary score)
@@ -23,7 +23,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_seedcnn import SHARED  # noqa: E402
 
 from drift_jax import data, membership, runtime, stack  # noqa: E402
 from drift_jax.config import TrainConfig  # noqa: E402
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/experiments")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    full = data.load(f"folder:{SHARED / 'cifar10-jpeg.tar.gz'}?split=train")
+    full = data.load("tfds:cifar10:train")
     (pool,) = data.stratified_split(full.labels, [args.pool / len(full)], args.seed)
     ds = full.subset(pool, "cifar10-subset")
     members_mask = np.zeros(len(ds), bool)

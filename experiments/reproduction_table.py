@@ -1,6 +1,6 @@
-"""The original work's table (METHOD.md) from a reproduction sweep: per seed and mean ± sd, base /
-production accuracy and each attack's member fraction on base / production gray data, the seed
-rule's verdict, the calibrated p-value where there are controls, and the stage timings.
+"""The original work's table (docs/METHOD.md) from a reproduction sweep: per seed and mean ± sd,
+base / production accuracy and each attack's member fraction on base / production gray data,
+the seed rule's verdict, the calibrated p-value where there are controls, and the stage timings.
 
   drift-jax sweep experiments/original_cifar10.json --out runs/original_cifar10
   python experiments/reproduction_table.py runs/original_cifar10 \

@@ -2,8 +2,8 @@
 
 On the 2-core CIFAR-10 reduction (scripts/bench_common.py, 19 controls) the default omnibus
 finds the 60 % relabel airplane -> automobile in 2-3 of 6 seeds, while its ``reverse`` part alone
-sits at the smallest p-value 1 / 20 in most seeds (docs/RESULTS.md, session 13): at M = 19 the
-omnibus, a minimum over five parts, cannot go below that floor. The issue's recipe has M = 49,
+sits at the smallest p-value 1 / 20 in most seeds (docs/RESULTS.md, section 2): at M = 19 the
+omnibus, a minimum over five parts, cannot go below that floor. The GPU recipe has M = 49,
 which the CPU cannot afford with every model inverted (~30 s per model here). ``reverse`` needs
 one inversion per seed only: every model's probability of the target on the *base* model's gray
 data (`detect.reverse_statistic`). This probe trains base, production and 49 controls per seed
@@ -73,14 +73,14 @@ def run_point(ds, dataset: str, scenario: str, severity: int, seeds: list[int],
         f"controls={controls}"])
     clock = runtime.StageClock()
     with clock("data"):
-        pool, holdout_ix = detect._with_holdout(cfg, ds)
+        pool, holdout_ix = detect.with_holdout(cfg, ds)
         spec = ModelSpec(cfg.arch, ds.num_classes, ds.image_shape)
-        plans = [detect._plan(dataclasses.replace(cfg, seed=s), pool, ds.labels, holdout_ix,
-                              None) for s in seeds]
-        data = detect._StackedData.build(pool, plans)
+        plans = [detect.plan_seed(dataclasses.replace(cfg, seed=s), pool, ds.labels,
+                                  holdout_ix, None) for s in seeds]
+        data = detect.StackedData.build(pool, plans)
     group, num_seeds = plans[0].group_size, len(seeds)
     with clock("train"):
-        trained = detect._train_all(spec, cfg, data, plans, None, progress=True)
+        trained = detect.train_models(spec, cfg, data, plans, None, progress=True)
     with clock("invert"):  # the base models only, with the keys a full run gives them
         keys = jax.numpy.stack([stack.per_member_keys(p.keys["invert"], group)[0]
                                 for p in plans])
@@ -88,7 +88,7 @@ def run_point(ds, dataset: str, scenario: str, severity: int, seeds: list[int],
                       range(ds.num_classes), cfg.inversion, keys, progress=True)
     with clock("answer"):  # every model on its seed's base gray data, one inference call
         probs = detect.answers_on_base_gray(spec, trained, gray.images, group)
-        holdout = np.stack([p.split["holdout"] for p in plans])
+        holdout = np.stack([p.split.holdout for p in plans])
         logits = stack.predict(spec, trained, data.images, np.repeat(holdout, group, axis=0))
     reverse = detect.reverse_statistic(probs, gray.classes)  # [S, models, C]
     confusion = probs.mean(3)  # [S, models, C, C]: model's mean answer j on base gray class k
@@ -101,10 +101,8 @@ def run_point(ds, dataset: str, scenario: str, severity: int, seeds: list[int],
     gate = p_values["reverse/two_largest_deficits"] <= ALPHA
     flagged = [np.flatnonzero(corrected[s] <= ALPHA) if gate[s] else np.zeros(0, int)
                for s in range(num_seeds)]
-    partners = [{} for _ in seeds]
-    if any(len(f) for f in flagged):
-        partners = detect.partner_tests({"production_reads_base": probs.argmax(-1)}, flagged,
-                                        cfg)
+    partners = detect.partner_tests({"production_reads_base": probs.argmax(-1)}, flagged,
+                                    ALPHA, cfg.correction)
     preds = logits.argmax(-1).reshape(num_seeds, group, -1)
     disagreement = baselines.disagreement(preds, 1, control_ix)
     accuracy = (preds == data.labels[holdout][:, None]).mean(-1)

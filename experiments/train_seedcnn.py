@@ -1,4 +1,4 @@
-"""SeedCNN on the base half, as the original protocol trains it (METHOD.md steps 1-2).
+"""SeedCNN on the base half, as the original protocol trains it (docs/METHOD.md, steps 1-2).
 
   CIFAR-10 (JPEG q75): train split halved (25,000 base images), 3 epochs, batch 64, Adam 1e-3;
     holdout = the 10,000-image test split. Original work: 0.5738; PyTorch, same recipe: ~0.60.
@@ -21,7 +21,6 @@ from drift_jax.config import TrainConfig
 from drift_jax.files import atomic_write_json
 from drift_jax.models import ModelSpec
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 PROTOCOLS = {
     "cifar10": {"epochs": 3, "target": 0.55},
     "mnist": {"epochs": 5, "target": 0.95},
@@ -31,14 +30,14 @@ PROTOCOLS = {
 def load(name: str, seed: int):
     """(dataset, base indices, holdout indices) for the protocol's split."""
     if name == "cifar10":
-        train = data.load(f"folder:{SHARED / 'cifar10-jpeg.tar.gz'}?split=train")
-        test = data.load(f"folder:{SHARED / 'cifar10-jpeg.tar.gz'}?split=test")
+        train = data.load("tfds:cifar10:train")
+        test = data.load("tfds:cifar10:test")
         full = data.Dataset(np.concatenate([train.images, test.images]),
                             np.concatenate([train.labels, test.labels]), train.class_names,
                             "cifar10-jpeg-q75")
         base, _ = data.stratified_split(train.labels, [0.5, 0.5], seed)
         return full, base, np.arange(len(train), len(full))
-    ds = data.load(f"idx:{SHARED / 'mnist-test'}")
+    ds = data.load("tfds:mnist:test")
     base, _, holdout = data.base_production_holdout(ds.labels, seed, holdout_fraction=0.2)
     return ds, base, holdout
 

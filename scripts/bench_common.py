@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def machine() -> dict:
@@ -30,9 +29,9 @@ def machine_label(m: dict) -> str:
 # images per class at 1,000 steps (MIFace's do not transfer there, docs/RESULTS.md). CIFAR-10
 # reduced for 2 CPU cores (with `load_dataset`'s 6,000 images: base 1,500, production 1,200):
 # 5 epochs, 8 regularised gray images per class at 500 steps. cifar10_full (for a GPU): the
-# whole training split, the test split held out, and issue 13's improved recipe: 3 epochs, 16
-# regularised gray images per class at 1,000 steps.
-CIFAR = SHARED / "cifar10-jpeg.tar.gz"
+# whole training split, the test split held out, and the improved recipe: 3 epochs, 16
+# regularised gray images per class at 1,000 steps. The real datasets are TFDS specs: with
+# DRIFT_JAX_DATA_DIR naming a folder of local copies (drift_jax.data.sources) they need no network.
 RECIPES = {
     "digits": [],
     "mnist": ["train.epochs=3", 'inversion.method="regularized"', "inversion.samples_per_class=4",
@@ -44,21 +43,21 @@ RECIPES = {
     "cifar10_full": ["train.epochs=3", 'inversion.method="regularized"',
                      "inversion.samples_per_class=16", "inversion.regularized.steps=1000",
                      "inversion.regularized.learning_rate=0.05", "reference_fraction=0.55",
-                     f'holdout="folder:{CIFAR}?split=test"'],
+                     'holdout="tfds:cifar10:test"'],
 }
 
 
 def load_dataset(name: str):
-    """digits (embedded), mnist (the MNIST test set, IDX), cifar10: CIFAR-10 reduced for 2 CPU
-    cores, a stratified 6,000-image subset (12 %) of the JPEG training split, or cifar10_full:
-    the whole training split."""
+    """digits (embedded), mnist (the MNIST test set), cifar10: CIFAR-10 reduced for 2 CPU cores,
+    a stratified 6,000-image subset (12 %) of the training split, or cifar10_full: the whole
+    training split. MNIST and CIFAR-10 come from TFDS or DRIFT_JAX_DATA_DIR's local copies."""
     from drift_jax import data
 
     if name == "digits":
         return data.digits()
     if name == "mnist":
-        return data.load(f"idx:{SHARED / 'mnist-test'}")
-    full = data.load(f"folder:{CIFAR}?split=train")
+        return data.load("tfds:mnist:test")
+    full = data.load("tfds:cifar10:train")
     if name == "cifar10_full":
         return full
     keep = data.stratified_split(full.labels, [0.12], 0, full.num_classes)[0]

@@ -1,4 +1,4 @@
-"""One-call accelerator benchmark (issue 12's table), written section by section.
+"""One-call accelerator benchmark (BENCHMARKS.md, accelerator table), section by section.
 
 Every section appends one JSON line to ``OUT/bench_gpu.jsonl`` the moment it finishes, so a run cut
 short keeps what is done; ``--markdown`` then writes the GPU section of BENCHMARKS.md from that
@@ -7,6 +7,7 @@ file. Process-wall sections run the CLI in fresh processes, with a fresh (cold) 
 run. PyTorch runs beside us where torch is installed, IBM ART's MIFace where its wheel is.
 
   python scripts/bench_gpu.py --out OUT [--cifar PATH/cifar10-jpeg.tar.gz] [--sections a,b]
+      (--cifar defaults to the local copy of CIFAR-10 under $DRIFT_JAX_DATA_DIR, if any)
   python scripts/bench_gpu.py --markdown OUT/bench_gpu.jsonl      # BENCHMARKS.md GPU section
   QUICK=1 python scripts/bench_gpu.py --out /tmp/b                  # CPU smoke test, small sizes
 
@@ -32,7 +33,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 QUICK = os.environ.get("QUICK") == "1"
-SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 class Recorder:
@@ -200,7 +200,7 @@ def _train_rate(members: int, execution) -> tuple[float, float, dict]:
 
 def train_stack(rec: Recorder, *_) -> None:
     """SeedCNN stack training, model-images/s, by member count and execution form: the
-    candidates for the accelerator default (issue 12, item 2)."""
+    candidates for the accelerator default (`EXECUTION_DEFAULTS["gpu"]`)."""
     from drift_jax.config import ExecutionConfig
 
     grid = [(1, {}), (16, {"member_mode": "vmap"}), (16, {"member_mode": "map"}),
@@ -378,11 +378,19 @@ def markdown(records: list[dict]) -> list[str]:
     return lines
 
 
+def _local_cifar() -> Path | None:
+    """The CIFAR-10 archive that tfds:cifar10 specs read under $DRIFT_JAX_DATA_DIR, or None."""
+    from drift_jax import data
+
+    return data.local_copy("cifar10", "train")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_gpu")
-    parser.add_argument("--cifar", help="cifar10-jpeg.tar.gz (default: ../shared/datasets/)")
+    parser.add_argument("--cifar", help="cifar10-jpeg.tar.gz (default: the local copy under "
+                                        "$DRIFT_JAX_DATA_DIR)")
     parser.add_argument("--sections", help="comma-separated subset of the sections")
     parser.add_argument("--markdown", help="a bench_gpu.jsonl: write BENCHMARKS.md's GPU "
                                            "section from it and stop")
@@ -395,7 +403,7 @@ def main() -> None:
         print(update_section("bench_gpu", "Accelerator (`scripts/bench_gpu.py`)",
                              markdown(records)))
         return
-    cifar = Path(args.cifar) if args.cifar else (SHARED_CIFAR if SHARED_CIFAR.exists() else None)
+    cifar = Path(args.cifar) if args.cifar else _local_cifar()
     wanted = set(args.sections.split(",")) if args.sections else None
     rec = Recorder(Path(args.out))
     with tempfile.TemporaryDirectory() as scratch:

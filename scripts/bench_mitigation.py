@@ -1,4 +1,4 @@
-"""Mitigation benchmark (issue 14): per case and seed, `detect` then `mitigate` in one process,
+"""Mitigation benchmark: per case and seed, `detect` then `mitigate` in one process,
 side by side, and an oracle trained from scratch on production-distribution data of the base +
 production size (the scenario applied to the base split too). Per run: each candidate's
 production-distribution accuracy, the share of the base -> oracle gap it recovers, forgetting on

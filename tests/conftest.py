@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DRIFT_JAX_SHARED", ROOT.parent / "shared"))
-MNIST_DIR = SHARED / "datasets" / "mnist-test"
-CIFAR_TAR = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def _default_local_data(root: Path) -> None:
+    """Points DRIFT_JAX_DATA_DIR (drift_jax.data.sources) at the offline dataset folder beside
+    the repository when the variable is unset and that folder exists, so the tests that need real
+    data run here and skip elsewhere. Set before any test runs, subprocesses inherit it."""
+    beside = root.parent / "shared" / "datasets"
+    if not os.environ.get("DRIFT_JAX_DATA_DIR") and beside.is_dir():
+        os.environ["DRIFT_JAX_DATA_DIR"] = str(beside)
+
+
+_default_local_data(ROOT)
 
 
 @pytest.fixture(autouse=True)
@@ -17,9 +26,14 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFT_JAX_CACHE", str(tmp_path / "cache"))
 
 
-def require(path: Path):
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real data lives in ../shared/datasets beside the repo)")
+def require_local_copy(name: str, split: str) -> Path:
+    """The local copy of tfds:NAME:SPLIT under DRIFT_JAX_DATA_DIR; skips the test without it."""
+    from drift_jax import data
+
+    path = data.local_copy(name, split)
+    if path is None:
+        pytest.skip(f"no local copy of {name}:{split} (set DRIFT_JAX_DATA_DIR to a folder of "
+                    "local dataset copies)")
     return path
 
 

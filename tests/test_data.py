@@ -4,13 +4,13 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import CIFAR_TAR, MNIST_DIR, make_images, require
+from conftest import make_images, require_local_copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from drift_jax import data
-from drift_jax.data import Dataset
+from drift_jax.data import Dataset, sources
 from drift_jax.errors import DriftJaxError
 
 NAMES = ("a", "b", "c")
@@ -97,9 +97,12 @@ def test_idx_missing_directory():
 
 
 def test_idx_real_mnist_test_set():
-    ds = data.load(f"idx:{require(MNIST_DIR)}")
+    ds = data.load(f"idx:{require_local_copy('mnist', 'test')}")
     assert ds.images.shape == (10000, 28, 28, 1)
     assert ds.class_counts().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    via_spec = data.load("tfds:mnist:test")  # what the experiments name
+    np.testing.assert_array_equal(via_spec.images, ds.images)
+    assert via_spec.name.startswith("tfds:mnist:test (local copy idx:")
 
 
 def _png_bytes(array):
@@ -155,19 +158,116 @@ def test_folder_archive_refuses_escaping_members(tmp_path, name):
 
 
 def test_folder_real_cifar10_test_split():
-    ds = data.load(f"folder:{require(CIFAR_TAR)}?split=test")
+    ds = data.load(f"folder:{require_local_copy('cifar10', 'test')}?split=test")
     assert ds.images.shape == (10000, 32, 32, 3)
     assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                               "horse", "ship", "truck")
     assert ds.class_counts().tolist() == [1000] * 10
+    via_spec = data.load("tfds:cifar10:test")  # decoded once: this read comes from the cache
+    np.testing.assert_array_equal(via_spec.labels, ds.labels)
+    assert via_spec.class_names == ds.class_names
 
 
-def test_tfds_reads_mock_data_without_network():
+def test_tfds_reads_mock_data_without_network(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)  # TFDS itself, not a local copy
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = data.load("tfds:mnist:test")
     assert ds.images.shape == (12, 28, 28, 1) and ds.num_classes == 10
     assert ds.name == "tfds:mnist:test"
+
+
+# --------------------------------------------------------------------------- local copies
+
+
+def _local_copies(root):
+    """A folder of tiny local copies laid out as DRIFT_JAX_DATA_DIR expects: a CIFAR-10-like
+    ImageFolder archive with train/ and test/ splits (3 and 2 images per class) and the MNIST
+    test set's t10k IDX files (4 images)."""
+    tree = root / "unpacked" / "cifar10-jpeg"
+    _make_folder(tree, "train", per_class=3)
+    _make_folder(tree, "test", per_class=2)
+    root.mkdir(exist_ok=True)
+    with tarfile.open(root / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="cifar10-jpeg")
+    mnist = root / "mnist-test"
+    mnist.mkdir()
+    _write_idx(mnist / "t10k-images-idx3-ubyte.gz", make_images(4, size=6)[..., 0])
+    _write_idx(mnist / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 2, 1]))
+    return root
+
+
+def _tfds_unavailable(name, split="train", data_dir=None):
+    raise DriftJaxError(f"tfds: {name} is not prepared in /nowhere; prepare it once.")
+
+
+@pytest.mark.parametrize("spec, local, split, count", [
+    ("tfds:cifar10", "cifar10-jpeg.tar.gz", "train", 6),
+    ("tfds:cifar10:train", "cifar10-jpeg.tar.gz", "train", 6),
+    ("tfds:cifar10:test", "cifar10-jpeg.tar.gz", "test", 4),
+])
+def test_local_copy_stands_in_for_tfds_cifar10(tmp_path, monkeypatch, spec, local, split, count):
+    root = _local_copies(tmp_path / "local")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    monkeypatch.setattr(sources, "tfds", _tfds_unavailable)  # TFDS is never asked
+    ds = data.load(spec)
+    direct = data.folder(root / local, split=split)
+    assert len(ds) == count and ds.class_names == ("cat", "dog")
+    np.testing.assert_array_equal(ds.images, direct.images)
+    np.testing.assert_array_equal(ds.labels, direct.labels)
+    assert ds.name == f"tfds:cifar10:{split} (local copy {direct.name})"
+    assert data.local_copy("cifar10", split) == root / local
+
+
+def test_local_copy_stands_in_for_tfds_mnist_test(tmp_path, monkeypatch):
+    root = _local_copies(tmp_path / "local")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    monkeypatch.setattr(sources, "tfds", _tfds_unavailable)
+    ds = data.load("tfds:mnist:test")
+    direct = data.idx(root / "mnist-test", prefix="t10k")
+    np.testing.assert_array_equal(ds.images, direct.images)
+    assert ds.labels.tolist() == [0, 1, 2, 1] and ds.image_shape == (6, 6, 1)
+    assert ds.name == f"tfds:mnist:test (local copy {direct.name})"
+
+
+def test_without_a_local_copy_tfds_is_asked(tmp_path, monkeypatch):
+    asked = []
+
+    def fake_tfds(name, split="train", data_dir=None):
+        asked.append((name, split, data_dir))
+        return data.synthetic(n=20, classes=2, size=4)
+
+    monkeypatch.setattr(sources, "tfds", fake_tfds)
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    data.load("tfds:cifar10:test")  # no override: TFDS
+    assert data.local_copy("cifar10", "test") is None
+    root = _local_copies(tmp_path / "local")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    data.load("tfds:mnist")  # the MNIST training split has no local copy
+    data.load("tfds:emnist/digits:test")  # nor has EMNIST
+    data.load(f"tfds:cifar10:test?data_dir={tmp_path}")  # TFDS's own folder, asked for by name
+    assert asked == [("cifar10", "test", None), ("mnist", "train", None),
+                     ("emnist/digits", "test", None), ("cifar10", "test", str(tmp_path))]
+
+
+def test_missing_local_copy_is_named_when_tfds_fails_too(tmp_path, monkeypatch):
+    root = tmp_path / "local"
+    root.mkdir()
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    monkeypatch.setattr(sources, "tfds", _tfds_unavailable)
+    with pytest.raises(DriftJaxError, match="not prepared.*has no cifar10-jpeg.tar.gz, its local "
+                                            "copy of cifar10:test"):
+        data.load("tfds:cifar10:test")
+    with pytest.raises(DriftJaxError, match="not prepared.*stands in for cifar10:train, "
+                                            "cifar10:test, mnist:test only; mnist:train"):
+        data.load("tfds:mnist:train")
+
+
+def test_local_data_dir_that_is_not_a_folder_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "typo"))
+    with pytest.raises(DriftJaxError, match="DRIFT_JAX_DATA_DIR=.*typo is not a folder"):
+        data.load("tfds:cifar10")
+    data.load("digits")  # only tfds: specs consult it
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -175,6 +275,7 @@ def test_tfds_reads_mock_data_without_network():
     ("synthetic?bogus=1", "unknown option 'bogus'"),
     ("synthetic?n=abc", "not a valid int"),
     ("folder:/no/such/place", "does not exist"),
+    ("tfds:mnist?bogus=1", "unknown option 'bogus'"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(DriftJaxError, match=message):

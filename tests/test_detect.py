@@ -29,10 +29,10 @@ def test_digits_default_pipeline_flags_a_swap_and_not_none(scenario, drift):
         assert set(report.drifted_classes) == {"0", "1"}  # the swapped classes, no others
     else:
         assert report.drifted_classes == [] and report.p_value > 0.05
-    assert report.accuracy["base"] > 0.9
+    assert report.accuracy.base > 0.9
     # the base model's mean class probabilities on every model's gray data of each class:
     # its own transfer, and a swapped class read as its partner by the production model alone
-    confusion = np.asarray(report.localisation["confusion"])
+    confusion = np.asarray(report.localisation.confusion)
     assert confusion.shape == (2 + 49, 10, 10)
     np.testing.assert_allclose(confusion.sum(-1), 1.0, atol=1e-4)
     assert np.diag(confusion[0]).mean() > 0.9
@@ -75,12 +75,12 @@ def test_production_model_needs_no_production_data(tmp_path):
     assert set(report.baselines) == {"disagreement"}  # BBSD and MMD need production data
     # The given model is the one in the production role: its accuracy on the run's holdout and
     # its gray data are the ones the run reports for production.
-    from drift_jax.detect import _splits
+    from drift_jax.detect import split_pool
 
-    holdout = _splits(cfg, ds.labels, 4, with_production=False, holdout_ix=None)["holdout"]
+    holdout = split_pool(cfg, ds.labels, 4, with_production=False, holdout_ix=None).holdout
     expected = stack.evaluate_stack(spec, prod, ds.images[holdout], ds.labels[holdout])
-    assert report.accuracy["production"] == expected["accuracy"][0]
-    assert report.accuracy["production"] != report.accuracy["base"]
+    assert report.accuracy.production == expected["accuracy"][0]
+    assert report.accuracy.production != report.accuracy.base
     confidence = jax.nn.softmax(stack.predict(spec, prod, report.gray.images[1].reshape(
         -1, *spec.image_shape))[0], axis=-1)
     np.testing.assert_allclose(
@@ -99,7 +99,9 @@ def test_bad_detect_configs():
 
 
 def _comparable(report) -> dict:
-    out = report.to_json()
+    from drift_jax.report import report_to_json
+
+    out = report_to_json(report)
     for volatile in ("timings", "environment"):
         out.pop(volatile)
     return out
@@ -132,8 +134,8 @@ def test_original_protocol_without_controls_uses_a_holdout_spec_and_the_seed_rul
         "production_fraction=0.5", "controls=0", 'scenario="none"', *SMALL[1:]])
     report = detect_drift(cfg, progress=False)
     rule = report.attacks["rule_based"]
-    assert report.p_value is None and rule["control_scores"] == []
-    assert report.is_drift is rule["seed_rule"]["is_drift"]
+    assert report.p_value is None and len(rule.control_scores) == 0
+    assert report.is_drift is rule.seed_rule.is_drift
     assert "disagreement" not in report.baselines  # needs controls
     write_report(report, tmp_path / "run")
     assert not (tmp_path / "run" / "figures" / "null_rule_based.png").exists()
@@ -151,8 +153,8 @@ def test_a_run_with_fewer_controls_is_nested_in_one_with_more():
     big = detect_drift(with_overrides(cfg, ["controls=4"]), base=ds, progress=False)
     small = detect_drift(with_overrides(cfg, ["controls=2"]), base=ds, progress=False)
     a, b = big.attacks["rule_based"], small.attacks["rule_based"]
-    assert b["control_scores"] == a["control_scores"][:2]
-    assert b["production_score"] == a["production_score"]
+    np.testing.assert_array_equal(b.control_scores, a.control_scores[:2])
+    assert b.production_score == a.production_score
 
 
 def test_a_second_run_of_the_same_shapes_compiles_nothing():
@@ -204,29 +206,40 @@ def test_distribution_statistics_run_end_to_end(stat):
 
     ds = data.synthetic(n=400, classes=4, size=8)
     cfg = with_overrides(DetectConfig(base="synthetic"), [
-        *SMALL[:-1], 'attacks=["rule_based", "confidence"]', f'stat="{stat}"'])
+        *SMALL[:-1], 'attacks=["rule_based", "confidence"]', f'stat="{stat}"',
+        'record="all"'])
     report = detect_drift(cfg, base=ds, progress=False)
     for attack in report.attacks.values():
-        assert 0 < attack["p_value"] <= 1 and len(attack["control_scores"]) == 3
-        assert np.isfinite(attack["production_score"])
+        assert 0 < attack.p_value <= 1 and len(attack.control_scores) == 3
+        assert np.isfinite(attack.production_score)
         # every statistic x combination from the same scores; the configured one decides
-        assert len(attack["statistics"]) == 7 * 3 + 1  # 5 of the scores, 2 of the models
-        assert attack["statistic"] == ("omnibus/min_rank" if stat == "omnibus" else
-                                       f"{stat}/largest_deficit")
-        assert attack["statistics"][attack["statistic"]] == attack["p_value"]
+        assert len(attack.statistics) == 7 * 3 + 1  # 5 of the scores, 2 of the models
+        assert attack.statistic == ("omnibus/min_rank" if stat == "omnibus" else
+                                    f"{stat}/largest_deficit")
+        assert attack.statistics[attack.statistic] == attack.p_value
         # every model's per-class statistics: any combination can be recomputed offline
         # (as scripts/offline_statistics.py does), the omnibus from its parts' ranks
-        per_class = {k: np.asarray(v) for k, v in attack["class_statistics"].items()}
+        per_class = attack.class_statistics
         assert per_class["mean"].shape == (2 + 3, 4)
         models = np.arange(1, 5)
         overall = stats.combine_classes(per_class["mean"], models, "largest_deficit")
         assert stats.calibrated_p_value(overall[2:], overall[1]) == pytest.approx(
-            attack["statistics"]["mean/largest_deficit"])
+            attack.statistics["mean/largest_deficit"])
         omnibus = stats.min_rank(np.stack([stats.combine_classes(per_class[s], models, c)
                                            for s, c in OMNIBUS]), models)
         assert stats.calibrated_p_value(omnibus[2:], omnibus[1]) == pytest.approx(
-            attack["statistics"]["omnibus/min_rank"])
+            attack.statistics["omnibus/min_rank"])
     assert report.config["stat"] == stat
+    # the default records what the decision reads: the same p-values, and no more
+    lean = detect_drift(with_overrides(cfg, ['record="decision"']), base=ds, progress=False)
+    for name, attack in lean.attacks.items():
+        assert attack.class_statistics is None
+        assert attack.statistics == {k: report.attacks[name].statistics[k]
+                                     for k in attack.statistics}
+        assert set(attack.statistics) == (
+            {f"{s}/{c}" for s, c in (*OMNIBUS, ("omnibus", "min_rank"))} if stat == "omnibus"
+            else {attack.statistic})
+        assert attack.p_value == report.attacks[name].p_value
 
 
 def test_partner_tests_find_where_a_flagged_class_went_and_nothing_else():
@@ -248,7 +261,7 @@ def test_partner_tests_find_where_a_flagged_class_went_and_nothing_else():
     read_by_base[0, 1, 1, :4] = 0  # seed 0: half of class 1's production gray data reads as 0
     read_base[0, 1, 2, :5] = 4  # seed 0: the production model reads the base's class 2 as 4
     found = partner_tests(dict(zip(PARTNER_DIRECTIONS, (read_by_base, read_base))),
-                          [np.array([1, 2]), np.array([1, 3])], DetectConfig())
+                          [np.array([1, 2]), np.array([1, 3])], alpha=0.05)
     forward, reverse = PARTNER_DIRECTIONS
     assert list(found[0][1]["p_values"]) == [forward, reverse]
     assert list(found[0][1]["p_values"][forward]) == [0, 2, 3, 4]
@@ -299,7 +312,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     """``reverse``: every model's target probability on its seed's base model's gray images;
     ``self_confidence``: each model's confidence in its own gray data; both mean clipped logits
     per class, [seeds, models, classes]. Pinned against a plain loop over models."""
-    from drift_jax.detect import _model_statistics, answers_on_base_gray
+    from drift_jax.detect import answers_on_base_gray, model_statistics
     from drift_jax.inversion import GrayData
     from drift_jax.models import ModelSpec
 
@@ -312,7 +325,7 @@ def test_model_statistics_ask_each_model_about_its_own_seeds_base_gray_data():
     gray = GrayData(images=images, classes=np.arange(classes), confidence=confidence,
                     trace=np.zeros((seeds * group, 1)),
                     active_steps=np.zeros((seeds * group, classes, samples), int))
-    found = _model_statistics(gray, answers_on_base_gray(spec, trained, images[::group], group))
+    found = model_statistics(gray, answers_on_base_gray(spec, trained, images[::group], group))
     target = np.repeat(np.arange(classes), samples)
     for s in range(seeds):
         base_gray = images[s * group].reshape(-1, 8, 8, 1)
@@ -330,15 +343,15 @@ def test_pooled_controls_overlap_the_production_data_as_they_overlap_each_other(
     and the production data together, so the production model's training set is distributed
     like a control's under no drift (exchangeable); by default they never see production data."""
     from drift_jax.config import with_overrides
-    from drift_jax.detect import _plan, _StackedData
+    from drift_jax.detect import StackedData, plan_seed
 
     ds, labels = data.digits(), []
 
     def control_sets(control_data, *overrides):
         cfg = with_overrides(DetectConfig(), ["controls=40", f'control_data="{control_data}"',
                                               'scenario="none"', *overrides])
-        plan = _plan(cfg, ds, ds.labels, None, None)
-        stacked = _StackedData.build(ds, [plan])
+        plan = plan_seed(cfg, ds, ds.labels, None, None)
+        stacked = StackedData.build(ds, [plan])
         production = stacked.production[0]
         labels.append(stacked.labels)  # of the pool, then of the production data
         return plan, set(production.tolist()), [set(r.tolist()) for r in
@@ -347,7 +360,7 @@ def test_pooled_controls_overlap_the_production_data_as_they_overlap_each_other(
     plan, production, controls = control_sets("reference")
     assert all(len(c) == len(production) and not c & production for c in controls)
     plan, production, controls = control_sets("pooled")
-    allowed = production | set(plan.split["reference"].tolist())
+    allowed = production | set(plan.split.reference.tolist())
     assert all(len(c) == len(production) and c <= allowed for c in controls)
     with_production = np.mean([len(c & production) for c in controls])
     with_each_other = np.mean([len(a & b) for i, a in enumerate(controls)
@@ -368,14 +381,21 @@ def test_pooled_controls_overlap_the_production_data_as_they_overlap_each_other(
 
 def test_pooled_controls_run_end_to_end_and_fall_back_without_production_data(tmp_path):
     from drift_jax.config import with_overrides
-    from drift_jax.detect import _plan
+    from drift_jax.detect import plan_seed
 
     ds = data.synthetic(n=400, classes=4, size=8)
     cfg = with_overrides(DetectConfig(base="synthetic"), ['control_data="pooled"', *SMALL])
     report = detect_drift(cfg, base=ds, progress=False)
-    assert 0 < report.p_value <= 1 and len(report.attacks["rule_based"]["control_scores"]) == 3
+    rule = report.attacks["rule_based"]
+    assert len(rule.control_scores) == 3  # the p-value is the production model's rank
+    assert report.p_value == (1 + (rule.control_scores <= rule.production_score).sum()) / 4
+    # a production model and no production data: the controls draw from the pool alone
     spec, prod = save_production_model(tmp_path / "prod")
-    given = with_overrides(cfg, [f'production_model="{prod}"'])
-    plan = _plan(given, ds, ds.labels, None, None)  # no production data: the pool alone
-    assert not plan.pooled and all(np.isin(r, plan.split["reference"]).all()
+    given = with_overrides(cfg, [f'production_model="{tmp_path / "prod"}"'])
+    plan = plan_seed(given, ds, ds.labels, None, None)
+    assert not plan.pooled and all(np.isin(r, plan.split.reference).all()
                                    for r in plan.control_rows(np.zeros(0, np.int64)))
+    run = detect_drift(given, base=ds, progress=False)  # and the given model is the one used
+    expected = stack.evaluate_stack(spec, prod, ds.images[plan.split.holdout],
+                                    ds.labels[plan.split.holdout])
+    assert run.accuracy.production == expected["accuracy"][0]

@@ -25,7 +25,8 @@ SMALL = ["controls=3", "train.epochs=2", "inversion.samples_per_class=2",
 def digits_run(tmp_path_factory):
     """The digits default pipeline with a 0 -> 1 relabel of all of class 0 (severity 5)."""
     out = tmp_path_factory.mktemp("run") / "detect"
-    report = detect_drift(with_overrides(DetectConfig(), ['scenario="relabel"']), progress=False)
+    report = detect_drift(with_overrides(DetectConfig(), ['scenario="relabel"', 'record="all"']),
+                          progress=False)
     write_report(report, out)
     return out, report
 
@@ -59,8 +60,7 @@ def test_the_recommended_update_recovers_the_new_concept_without_forgetting(digi
     # the re-run test: the base row repeats the run's test by the omnibus's attack parts (the
     # model statistics need the controls, which a run does not keep); the update is no longer
     # flagged
-    per_class = {k: np.asarray(v) for k, v in detected.attacks["rule_based"][
-        "class_statistics"].items()}
+    per_class = detected.attacks["rule_based"].class_statistics
     models = np.arange(1, per_class["mean"].shape[0])
     attack_parts = stats.min_rank(np.stack([
         stats.combine_classes(per_class[s], models, c) for s, c in OMNIBUS
@@ -287,3 +287,20 @@ def test_given_production_data_is_split_for_evaluation_even_when_a_class_empties
                                      key=lambda r: r["production_accuracy"])["name"]
     assert rows[0]["production_per_class"][0] is None  # no image is labelled 0 any more
     json.dumps(report.to_json(), allow_nan=False)  # strict JSON: no NaN
+
+
+def test_mitigation_uses_the_splits_the_run_stored(tmp_path):
+    """The run folder's splits.npz, not a recomputation from config and seed: a run whose
+    stored base rows differ from what the split code gives now mitigates on the stored ones."""
+    out = small_run(tmp_path)
+    with np.load(out / "splits.npz") as stored:
+        splits = {k: stored[k] for k in stored.files}
+    splits["base"] = splits["base"][::2]  # what a changed split function would not reproduce
+    np.savez(out / "splits.npz", **splits)
+    run = mitigate_lib.load_run(out)
+    built = mitigate_lib.build_data(run, MitigateConfig(), None, None, np.array([0]))
+    np.testing.assert_array_equal(built.base, splits["base"])
+    np.testing.assert_array_equal(built.holdout, splits["holdout"])
+    (out / "splits.npz").write_bytes(b"not an npz")
+    with pytest.raises(DriftJaxError, match="splits.npz cannot be read"):
+        mitigate_lib.load_run(out)

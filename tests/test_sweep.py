@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from drift_jax import cli, report, sweep
+from drift_jax import aggregate, cli, sweep
 from drift_jax.detect import DetectConfig
 from drift_jax.errors import DriftJaxError
 
@@ -124,9 +124,9 @@ def test_tasks_write_their_own_runs_and_report_merges_them(tmp_path, capsys):
 
 def test_report_of_an_empty_folder_says_what_is_missing(tmp_path):
     with pytest.raises(DriftJaxError, match="no finished runs"):
-        report.collect(tmp_path)
+        aggregate.collect(tmp_path)
     with pytest.raises(DriftJaxError, match="is not a folder"):
-        report.collect(tmp_path / "nope")
+        aggregate.collect(tmp_path / "nope")
 
 
 def test_keys_joined_by_commas_move_together():
@@ -150,6 +150,7 @@ def test_shipped_experiment_configs_resolve():
 def test_points_differing_in_inversion_share_one_training(tmp_path):
     from drift_jax import config as config_lib
     from drift_jax.detect import detect_drift
+    from drift_jax.report import report_to_json
 
     base = config_lib.from_dict(DetectConfig, SMALL)
     cfg = sweep.SweepConfig(base, {"inversion.miface.max_iter": [10, 20]})
@@ -159,7 +160,27 @@ def test_points_differing_in_inversion_share_one_training(tmp_path):
         for p in sweep.points(cfg)}
     assert reports[10]["timings"]["train_reused"] == 0
     assert reports[20]["timings"]["train_reused"] == 1
-    fresh = detect_drift(sweep.points(cfg)[1], progress=False).to_json()
+    fresh = report_to_json(detect_drift(sweep.points(cfg)[1], progress=False))
     for r in (reports[20], fresh):
         r.pop("timings"), r.pop("environment")
     assert json.dumps(reports[20]) == json.dumps(json.loads(json.dumps(fresh)))
+
+
+def test_the_training_cache_key_covers_every_field_training_reads():
+    """A sweep reuses a trained stack only across fields read after training: a field outside
+    `detect.AFTER_TRAINING` (including one added later) changes the key."""
+    import dataclasses
+
+    from drift_jax.detect import AFTER_TRAINING, cache_key
+
+    base = DetectConfig()
+    changed = {"base": "synthetic", "severity": 2, "controls": 3, "arch": "resnet",
+               "control_data": "pooled", "train": dataclasses.replace(base.train, epochs=1),
+               "inversion": dataclasses.replace(base.inversion, samples_per_class=2),
+               "alpha": 0.1, "stat": "mean"}
+    for field, value in changed.items():
+        other = dataclasses.replace(base, **{field: value})
+        same = cache_key(other, [0]) == cache_key(base, [0])
+        assert same is (field in AFTER_TRAINING), field
+    assert cache_key(base, [0]) != cache_key(base, [1])
+    assert {f.name for f in dataclasses.fields(DetectConfig)} > AFTER_TRAINING

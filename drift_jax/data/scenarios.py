@@ -1,6 +1,7 @@
-"""Drift scenarios (METHOD.md): pure functions of (images, labels, key, severity) applied to the
-production data only. Severity runs 0 (no change) to 5 (strongest); ``none`` is the honest
-control. Images are uint8 [n, H, W, ch]; every function returns new arrays (inputs untouched).
+"""Drift scenarios (docs/METHOD.md, "Drift scenarios"): pure functions of (images, labels, key,
+severity) applied to the production data only. Severity runs 0 (no change) to 5 (strongest);
+``none`` is the honest control. Images are uint8 [n, H, W, ch]; every function returns new
+arrays (inputs untouched).
 
   none                     nothing changes
   label_swap(a, b)         a fraction severity/5 of classes a and b swap labels

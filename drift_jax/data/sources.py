@@ -7,6 +7,20 @@ Specs (options after ``?`` as ``key=value`` pairs joined by ``&``):
   idx:DIR[?prefix=t10k&transpose=1]       MNIST / EMNIST IDX .gz files (EMNIST: transpose=1)
   folder:PATH[?split=train]               ImageFolder root/split/class/*.jpg|png, dir or .tar.gz
   tfds:NAME[:SPLIT][?data_dir=DIR]        tensorflow-datasets (prepared ArrayRecord data)
+
+Local copies of TFDS data: set ``DRIFT_JAX_DATA_DIR`` to a folder of local copies and a
+``tfds:NAME[:SPLIT]`` spec (without ``?data_dir=``) reads the local copy of that dataset and split
+instead of TFDS, where ``LOCAL_COPIES`` names one and it is in the folder:
+
+  tfds:cifar10[:train]   $DRIFT_JAX_DATA_DIR/cifar10-jpeg.tar.gz   (folder source, split train)
+  tfds:cifar10:test      $DRIFT_JAX_DATA_DIR/cifar10-jpeg.tar.gz   (folder source, split test)
+  tfds:mnist:test        $DRIFT_JAX_DATA_DIR/mnist-test/           (idx source, t10k files)
+
+Any other dataset or split, or a copy missing from the folder, is read from TFDS as usual; if
+that fails too, the error says which local copy was missing. The copies hold TFDS's classes in
+TFDS's label order, so a spec means the same classes either way; the dataset's name records that
+a local copy was read (``tfds:cifar10:train (local copy folder:...)``), since a JPEG copy is not
+byte-identical to TFDS's images. Unset, the variable changes nothing.
 """
 
 from __future__ import annotations
@@ -399,6 +413,84 @@ def tfds(name: str, split: str = "train", data_dir: str | None = None) -> Datase
     return Dataset(images, labels, class_names, f"tfds:{name}:{split}")
 
 
+# ------------------------------------------------------------------- local copies of TFDS data
+
+DATA_DIR_ENV = "DRIFT_JAX_DATA_DIR"
+
+# (TFDS name, split) -> (source, file or folder under $DRIFT_JAX_DATA_DIR, source options). Each
+# copy has TFDS's classes in TFDS's label order: CIFAR-10's class folders sort into its label order
+# (airplane .. truck), and MNIST's IDX labels are the digits themselves.
+LOCAL_COPIES: dict[tuple[str, str], tuple[str, str, dict]] = {
+    ("cifar10", "train"): ("folder", "cifar10-jpeg.tar.gz", {"split": "train"}),
+    ("cifar10", "test"): ("folder", "cifar10-jpeg.tar.gz", {"split": "test"}),
+    ("mnist", "test"): ("idx", "mnist-test", {"prefix": "t10k"}),
+}
+
+
+def local_data_dir() -> Path | None:
+    """The folder of local copies named by $DRIFT_JAX_DATA_DIR; None when it is unset or empty."""
+    value = os.environ.get(DATA_DIR_ENV, "")
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        # Refused rather than ignored: a mistyped folder would otherwise send every spec to TFDS.
+        raise DriftJaxError(f"{DATA_DIR_ENV}={value} is not a folder; point it at the folder of "
+                            "local dataset copies, or unset it to read TFDS.")
+    return root
+
+
+def _copy_in(root: Path, name: str, split: str) -> Path | None:
+    """The local copy of ``name:split`` in ``root``; None if the table has none or it is absent."""
+    entry = LOCAL_COPIES.get((name, split))
+    if entry is None:
+        return None
+    path = root / entry[1]
+    return path if path.exists() else None
+
+
+def local_copy(name: str, split: str = "train") -> Path | None:
+    """Where ``tfds:NAME:SPLIT``'s local copy lies under $DRIFT_JAX_DATA_DIR; None when the
+    variable is unset, ``LOCAL_COPIES`` has no copy of it, or the copy is not in the folder."""
+    root = local_data_dir()
+    return None if root is None else _copy_in(root, name, split)
+
+
+def _missing_copy_note(root: Path, name: str, split: str) -> str:
+    entry = LOCAL_COPIES.get((name, split))
+    if entry is not None:
+        return (f"{DATA_DIR_ENV}={root} has no {entry[1]}, its local copy of {name}:{split}; "
+                "put the copy there or prepare the dataset in TFDS.")
+    known = ", ".join(f"{n}:{s}" for n, s in LOCAL_COPIES)
+    return (f"{DATA_DIR_ENV} stands in for {known} only; {name}:{split} has to come from "
+            "TFDS.")
+
+
+def _read_local_copy(path: Path, name: str, split: str) -> Dataset:
+    source, _, options = LOCAL_COPIES[(name, split)]
+    loaded = folder(path, **options) if source == "folder" else idx(path, **options)
+    # Named for both what was asked for and what was read: a JPEG copy is close to TFDS's
+    # images, not equal to them, and a report should say which it used.
+    return Dataset(loaded.images, loaded.labels, loaded.class_names,
+                   f"tfds:{name}:{split} (local copy {loaded.name})")
+
+
+def tfds_or_local_copy(name: str, split: str = "train", data_dir: str | None = None) -> Dataset:
+    """What a ``tfds:NAME[:SPLIT]`` spec loads: the local copy under $DRIFT_JAX_DATA_DIR when it
+    has one (and no ``data_dir`` asks for TFDS's own folder), else TFDS (see the module
+    docstring)."""
+    root = local_data_dir() if data_dir is None else None
+    if root is None:
+        return tfds(name, split, data_dir)
+    path = _copy_in(root, name, split)
+    if path is not None:
+        return _read_local_copy(path, name, split)
+    try:
+        return tfds(name, split)
+    except DriftJaxError as e:
+        raise DriftJaxError(f"{e} {_missing_copy_note(root, name, split)}") from e
+
+
 # --------------------------------------------------------------------------- specs
 
 
@@ -440,6 +532,7 @@ def load(spec: str) -> Dataset:
         return folder(arg, **opts)
     if kind == "tfds" and arg:
         name, _, split = arg.partition(":")
-        return tfds(name, split or "train", **_parse_options(query, {"data_dir": str}, spec))
+        return tfds_or_local_copy(name, split or "train",
+                                  **_parse_options(query, {"data_dir": str}, spec))
     raise DriftJaxError(f"unknown data spec {spec!r}; use one of: digits, synthetic[?n=..], "
                         "idx:DIR, folder:PATH[?split=train], tfds:NAME[:SPLIT].")

@@ -53,7 +53,7 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
 def base_production_holdout(labels: np.ndarray, seed: int, holdout_fraction: float = 0.2,
                             production_fraction: float = 0.5,
                             num_classes: int | None = None) -> Split:
-    """METHOD.md steps 1-2: hold out ``holdout_fraction``, then split the rest into base and
+    """docs/METHOD.md ("Splits"): hold out ``holdout_fraction``, then split the rest into base and
     production (``production_fraction`` of the rest goes to production)."""
     if not 0 < holdout_fraction < 1 or not 0 < production_fraction < 1:
         raise DriftJaxError("holdout_fraction and production_fraction must lie strictly "

@@ -1,6 +1,7 @@
-"""Membership inference against the base model (METHOD.md steps 5-6): one protocol,
-``fit(context)`` then ``score(images, labels)``, for rule-based, black-box, shadow-model and LiRA
-attacks, each over a stack of target models. `ATTACKS` is the registry detect builds from."""
+"""Membership inference against the base model (docs/METHOD.md, "Membership inference"): one
+protocol, ``fit(context)`` then ``score(images, labels)``, for rule-based, black-box,
+shadow-model, LiRA and metric attacks, each over a stack of target models. `ATTACKS` is the
+registry detect builds from."""
 
 from drift_jax.membership.attack_model import AttackTrainConfig
 from drift_jax.membership.base import (

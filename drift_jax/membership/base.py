@@ -7,7 +7,7 @@ image pool with index arrays of each target's known members and non-members, and
 attacks that need them, `Shadows` trained once and passed explicitly. ``score`` takes images
 [T, n, H, W, ch] (target t judges row t; for T = 1 a plain [n, H, W, ch] is accepted) and labels
 [T, n], and returns `MembershipScores` of that shape. Images are uint8 0..255 or floats in [0, 1]
-(gray data). Every attack targets the BASE model (METHOD.md steps 5-6).
+(gray data). Every attack targets the BASE model (docs/METHOD.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Rule-based attack (ART's ``MembershipInferenceBlackBoxRuleBased``): member iff the base model
-predicts the label. On base gray data it is ~1.0 by construction (METHOD.md)."""
+predicts the label. On base gray data it is ~1.0 by construction (docs/METHOD.md)."""
 
 from __future__ import annotations
 
