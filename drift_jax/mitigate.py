@@ -43,7 +43,7 @@ import numpy as np
 from drift_jax import config as config_lib
 from drift_jax import data as data_lib
 from drift_jax import detect as detect_lib
-from drift_jax import membership, runtime, stack
+from drift_jax import membership, runtime, stack, streams
 from drift_jax.config import TrainConfig
 from drift_jax.data import Dataset
 from drift_jax.data import scenarios as scenarios_lib
@@ -179,7 +179,7 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
                             f"match the run's models ({spec.num_classes} of {spec.image_shape}).")
     plan = detect_lib.plan_seed(cfg, pool, base.labels, holdout_ix, production,
                                 stored_splits(run, len(pool)))
-    split, seed_key = plan.split, jax.random.key(cfg.seed)
+    split = plan.split
     base_eval = np.concatenate([split.holdout, split.reference])
     parts_images, parts_labels = [pool.images], [pool.labels]
     offset = len(pool)
@@ -200,14 +200,14 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
         prod_rows = append(plan.production.images, plan.production.labels)
         images, labels = scenarios_lib.apply(
             cfg.scenario, held, pool.labels[base_eval],
-            jax.random.fold_in(seed_key, 8), cfg.severity, **cfg.scenario_params)
+            streams.key(cfg.seed, "mitigation_scenario"), cfg.severity, **cfg.scenario_params)
         prod_eval = append(images, labels)
     else:  # given production data: hold out a stratified share
         kind = "labels"
         present, strata = np.unique(plan.production.labels, return_inverse=True)  # a scenario
         train_ix, eval_ix = data_lib.stratified_split(  # may empty a class: stratify the rest
             strata, [1 - config.production_holdout_fraction, config.production_holdout_fraction],
-            cfg.seed, len(present))
+            streams.generator(cfg.seed, "mitigation_split"), len(present))
         prod_rows = append(plan.production.images[train_ix], plan.production.labels[train_ix])
         prod_eval = append(plan.production.images[eval_ix], plan.production.labels[eval_ix])
     base_images = pool.images[split.base]
@@ -332,17 +332,17 @@ def train_candidates(run: Run, data: MitigationData, strategies: list[str], trai
                                 f"{data.changed.tolist()} have no production images); choose other "
                                 "--classes or strategies.")
     # Assembled on the host: the stacks are small, and numpy builds them without compiling.
-    key = jax.random.fold_in(jax.random.key(run.config.seed), 11)
+    key = streams.key(run.config.seed, "mitigation_train")
     models = jax.device_get(run.models)
     start = jax.tree.map(lambda b: np.repeat(b[:1], len(trained), 0), models)
     if "retrain" in trained:  # a fresh start for the retrained member
         fresh = np.array([n == "retrain" for n in trained])
         start = jax.tree.map(lambda b, f: np.where(fresh.reshape(-1, *[1] * (b.ndim - 1)), f, b),
                              start, jax.device_get(stack.init_stack(spec, stack.per_member_keys(
-                                 jax.random.fold_in(key, 0), len(trained)))))
+                                 streams.fold(key, "init"), len(trained)))))
     result = jax.device_get(stack.train_stack(
         spec, start, data.images, data.targets, [subsets[n] for n in trained], train,
-        stack.per_member_keys(jax.random.fold_in(key, 1), len(trained)),
+        stack.per_member_keys(streams.fold(key, "train"), len(trained)),
         progress=progress).variables)
     names, members, seen = list(REFERENCES), [models], [0] * len(REFERENCES)
     for i, name in enumerate(trained):
@@ -398,7 +398,7 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
     k, c = len(candidates.names), spec.num_classes
     with clock("invert"):
         new = np.arange(len(REFERENCES), k)
-        keys = stack.per_member_keys(jax.random.fold_in(jax.random.key(cfg.seed), 13), len(new))
+        keys = stack.per_member_keys(streams.key(cfg.seed, "mitigation_invert"), len(new))
         own = run.gray.images[:len(REFERENCES)]
         if len(new):
             own = np.concatenate([own, invert(spec, stack.member(candidates.variables, new),
@@ -409,10 +409,9 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         gray = np.concatenate([own[:, None], np.broadcast_to(rest[None], (k, *rest.shape))], 1)
         num_models, samples = gray.shape[1], gray.shape[3]
         name = cfg.primary_attack
-        index = cfg.attacks.index(name)
         members, nonmembers = detect_lib.attack_rows(cfg, detect_lib.Splits(
             data.base, None, data.reference, data.holdout))
-        attack_key = jax.random.fold_in(data.keys["attack"], index)
+        attack_key = streams.fold(data.keys["attack"], name)  # detect's stream of the attack
         context = membership.AttackContext(
             spec, candidates.variables, images, data.labels, np.tile(members, (k, 1)),
             np.tile(nonmembers, (k, 1)), jnp.stack([attack_key] * k))
@@ -420,7 +419,7 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
             pool = np.concatenate([data.reference, data.holdout])  # detect's shadow pool
             one = membership.train_shadows(
                 spec, images, data.labels, pool[None], cfg.num_shadows, cfg.train,
-                jax.random.fold_in(data.keys["attack"], len(detect_lib.ATTACKS))[None],
+                streams.fold(data.keys["attack"], "shadows")[None],
                 progress)
             context = dataclasses.replace(context, shadows=dataclasses.replace(
                 one, variables=stack.member(one.variables, np.tile(
@@ -435,7 +434,7 @@ def retest(run: Run, candidates: Candidates, data: MitigationData, images,
         class_statistics = detect_lib.attack_statistics(
             scores, detect_lib.recorded_statistics(cfg))
         results = detect_lib.score_attack(scores, class_statistics, cfg,
-                                          jnp.stack([data.keys["test"]] * k), index)
+                                          jnp.stack([data.keys["test"]] * k), name)
     names = np.array(run.report.class_names)
     out = []
     for r in results:

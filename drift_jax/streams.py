@@ -33,7 +33,8 @@ DETECT_STREAMS = {
 }
 MITIGATE_STREAMS = {
     "mitigation_scenario": "the scenario on held-out production-distribution images",
-    "mitigation_train": "candidate initialisation and batch order",
+    "mitigation_split": "given production data split into training and evaluation rows",
+    "mitigation_train": "candidate initialisation ('init') and batch order ('train')",
     "mitigation_invert": "the candidates' inversion",
 }
 

@@ -21,7 +21,6 @@ import time
 import warnings
 from pathlib import Path
 
-import jax
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_common import RECIPES, load_dataset, machine, update_section  # noqa: E402
 
 from drift_jax import config as config_lib  # noqa: E402
-from drift_jax import data, stack  # noqa: E402
+from drift_jax import data, stack, streams  # noqa: E402
 from drift_jax import mitigate as mitigate_lib  # noqa: E402
 from drift_jax.data import scenarios  # noqa: E402
 from drift_jax.detect import DetectConfig, detect_drift  # noqa: E402
@@ -58,11 +57,11 @@ def oracle_accuracy(run: mitigate_lib.Run, built) -> float:
     cfg = run.config
     images, labels = scenarios.apply(cfg.scenario, built.images[built.base],
                                      built.labels[built.base],
-                                     jax.random.fold_in(jax.random.key(cfg.seed), 9),
+                                     streams.key(cfg.seed, "oracle_scenario"),
                                      cfg.severity, **cfg.scenario_params)
     train_images = np.concatenate([images, built.images[built.production]])
     train_labels = np.concatenate([labels, built.labels[built.production]])
-    keys = jax.random.split(jax.random.key(cfg.seed + 1000), 1)
+    keys = streams.key(cfg.seed, "oracle_train")[None]
     variables = stack.train_stack(run.spec, stack.init_stack(run.spec, keys), train_images,
                                   train_labels, [np.arange(len(train_images))], cfg.train,
                                   keys, progress=False).variables

@@ -18,9 +18,11 @@ class Split(NamedTuple):
     holdout: np.ndarray
 
 
-def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
+def stratified_split(labels: np.ndarray, fractions: Sequence[float],
+                     seed: int | np.random.Generator,
                      num_classes: int | None = None) -> list[np.ndarray]:
-    """Splits indices into ``len(fractions)`` disjoint parts, each class divided in proportion.
+    """Splits indices into ``len(fractions)`` disjoint parts, each class divided in proportion,
+    shuffled by ``seed`` (an int, or a generator such as a `streams.generator`).
 
     Within a class the sizes are ``floor(n_c * cumulative fraction)`` differences, so every class
     keeps its share; fractions may sum to less than 1 (the rest is dropped). Every part must get

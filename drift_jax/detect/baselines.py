@@ -8,7 +8,7 @@ import numpy as np
 from scipy import special
 
 from drift_jax import baselines as tests
-from drift_jax import stack
+from drift_jax import stack, streams
 from drift_jax.detect.config import DetectConfig
 from drift_jax.detect.plan import SeedPlan, StackedData
 from drift_jax.detect.results import BaselineResult
@@ -36,7 +36,7 @@ def run_baselines(config: DetectConfig, plans: list[SeedPlan], data: StackedData
             for s, result in enumerate(tests.bbsd(base_soft, prod_soft)):
                 found[s]["bbsd"] = result
         if "mmd" in config.baselines:
-            keys = jax.numpy.stack([jax.random.fold_in(p.keys["test"], 99) for p in plans])
+            keys = streams.fold(jax.numpy.stack([p.keys["test"] for p in plans]), "mmd")
             results = tests.mmd_tests(data.images[holdout], data.images[data.production],
                                       keys, config.permutations)
             for s, result in enumerate(results):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from drift_jax import stats as stats_lib
+from drift_jax import streams
 from drift_jax.detect.config import (
     LOCALISATION_STATISTICS,
     OMNIBUS,
@@ -50,8 +51,8 @@ def combined_scores(class_statistics: dict, combinations) -> dict:
 
 
 def score_attack(scores: GrayScores, class_statistics: dict, config: DetectConfig,
-                 test_keys: jax.Array, attack_index: int) -> list[AttackResult]:
-    """One attack's verdict for every seed (``test_keys`` [S]): ``scores`` of every model's gray
+                 test_keys: jax.Array, attack: str) -> list[AttackResult]:
+    """``attack``'s verdict for every seed (``test_keys`` [S]): ``scores`` of every model's gray
     data [S, models, C, samples] (models: base, production, controls), ``class_statistics``
     {name: [S, models, C]} holding at least the decision's and localisation's statistics
     (`config.recorded_statistics`). Without controls the p-values are None and only the seed
@@ -75,10 +76,9 @@ def score_attack(scores: GrayScores, class_statistics: dict, config: DetectConfi
         overall = per_class.mean(-1)
     # the per-image scores the permutation tests compare
     image_scores = scores.probability if config.stat == "fraction" else scores.values
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, attack_index))(test_keys)
     perm = stats_lib.permutation_tests(image_scores[:, 0].reshape(num_seeds, -1),
-                                       image_scores[:, 1].reshape(num_seeds, -1), keys,
-                                       config.permutations)
+                                       image_scores[:, 1].reshape(num_seeds, -1),
+                                       streams.fold(test_keys, attack), config.permutations)
     keep_all = calibrated and config.record == "all"
     out = []
     for s in range(num_seeds):

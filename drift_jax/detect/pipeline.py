@@ -22,13 +22,12 @@ import numpy as np
 from scipy import special
 
 from drift_jax import data as data_lib
-from drift_jax import inversion, membership, runtime, stack, validate
+from drift_jax import inversion, membership, runtime, stack, streams, validate
 from drift_jax.config import to_dict
 from drift_jax.data import Dataset
 from drift_jax.detect import localise
 from drift_jax.detect.baselines import run_baselines
 from drift_jax.detect.config import (
-    ATTACKS,
     DetectConfig,
     recorded_statistics,
     training_key,
@@ -140,10 +139,9 @@ def attack_context(spec: ModelSpec, plans: list[SeedPlan], data: StackedData, im
         with clock("shadows"):
             pools = np.stack([np.concatenate([p.split.reference, p.split.holdout])
                               for p in plans])
-            shadow_keys = jax.vmap(lambda k: jax.random.fold_in(k, len(ATTACKS)))(keys)
             shadows = membership.train_shadows(spec, data.images, data.labels, pools,
-                                               config.num_shadows, config.train, shadow_keys,
-                                               progress)
+                                               config.num_shadows, config.train,
+                                               streams.fold(keys, "shadows"), progress)
     return membership.AttackContext(spec, targets, images, data.labels, np.stack(members),
                                     np.stack(nonmembers), keys, shadows)
 
@@ -203,17 +201,17 @@ def _attack_results(spec, plans, data, images, targets, gray, by_model, clock,
     test_keys = jax.numpy.stack([p.keys["test"] for p in plans])
     names = recorded_statistics(config)
     attacks = [{} for _ in plans]
-    for i, name in enumerate(config.attacks):
+    for name in config.attacks:
         with clock(f"attack_{name}"):
-            keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(context.keys)
-            attack = membership.ATTACKS[name]().fit(dataclasses.replace(context, keys=keys))
+            attack = membership.ATTACKS[name]().fit(dataclasses.replace(
+                context, keys=streams.fold(context.keys, name)))
             scores = GrayScores.from_membership(attack.score(gray_images, gray_labels),
                                                 attack.oriented_score,
                                                 (num_seeds, group, c, samples))
             class_statistics = {**attack_statistics(scores, names),
                                 **{k: v for k, v in by_model.items() if k in names}}
             for s, result in enumerate(score_attack(scores, class_statistics, config,
-                                                    test_keys, i)):
+                                                    test_keys, name)):
                 attacks[s][name] = result
     return attacks
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from drift_jax import data as data_lib
+from drift_jax import streams
 from drift_jax.data import Dataset
 from drift_jax.data import scenarios as scenarios_lib
 from drift_jax.detect.config import DetectConfig
@@ -67,8 +67,8 @@ def split_pool(config: DetectConfig, labels: np.ndarray, num_classes: int,
             raise DriftJaxError("base, production and reference fractions leave no held-out "
                                 "data; make them sum to less than 1, or give a holdout spec.")
         parts["holdout"] = rest
-    split = dict(zip(parts, data_lib.stratified_split(labels, list(parts.values()), config.seed,
-                                                      num_classes)))
+    split = dict(zip(parts, data_lib.stratified_split(
+        labels, list(parts.values()), streams.generator(config.seed, "split"), num_classes)))
     return Splits(split["base"], split.get("production"),
                   split.get("reference", np.zeros(0, np.int64)),
                   split.get("holdout", holdout_ix))
@@ -88,9 +88,9 @@ def drifted_production(config: DetectConfig, base: Dataset, production: Dataset 
         raise DriftJaxError(f"production data ({production.image_shape}, "
                             f"{production.num_classes} classes) does not match the base data "
                             f"({base.image_shape}, {base.num_classes} classes).")
-    key = jax.random.fold_in(jax.random.key(config.seed), 7)
     images, labels = scenarios_lib.apply(config.scenario, production.images, production.labels,
-                                         key, config.severity, **config.scenario_params)
+                                         streams.key(config.seed, "scenario"), config.severity,
+                                         **config.scenario_params)
     drifted = Dataset(images, labels, production.class_names, f"{production.name}"
                       f"+{config.scenario}@{config.severity}")
     return drifted, production.labels, {
@@ -108,7 +108,7 @@ class SeedPlan:
     scenario: dict
     control_draws: list[np.ndarray]  # per control, positions into `control_rows`' candidates
     pooled: bool  # controls drawn from the reference pool and the production data
-    keys: dict  # `KEY_NAMES` -> key
+    keys: dict  # `KEY_NAMES` -> the seed's stream of that name (`streams.key`)
 
     @property
     def group_size(self) -> int:  # base, production, controls
@@ -150,7 +150,7 @@ def plan_seed(config: DetectConfig, pool: Dataset, base_labels: np.ndarray,
     if pooled:
         candidates = np.concatenate([candidates, null_labels])
     draws = control_draws(config, candidates, null_labels, pool.num_classes)
-    keys = dict(zip(KEY_NAMES, jax.random.split(jax.random.key(config.seed), len(KEY_NAMES))))
+    keys = {name: streams.key(config.seed, name) for name in KEY_NAMES}
     return SeedPlan(config, split, prod_data, scenario, draws, pooled, keys)
 
 
@@ -159,7 +159,7 @@ def control_draws(config: DetectConfig, candidates: np.ndarray, null_labels: np.
     """Each control's positions into its candidates (labels ``candidates``): as many as the
     production data's, at random, or with ``stratify_controls`` per class as many as the
     production data's labels before the scenario (``null_labels``) hold."""
-    rng = np.random.default_rng(config.seed + 1)
+    rng = streams.generator(config.seed, "controls")
     size = len(null_labels)
     if not config.stratify_controls:
         return [rng.choice(len(candidates), size, replace=False) for _ in range(config.controls)]
@@ -179,7 +179,7 @@ def control_draws(config: DetectConfig, candidates: np.ndarray, null_labels: np.
 def attack_rows(config: DetectConfig, split: Splits) -> tuple[np.ndarray, np.ndarray]:
     """The known members (from the base split) and non-members (the holdout) an attack on a
     seed's base model is fitted on: ``attack_fit_size`` of each, drawn by the seed."""
-    rng = np.random.default_rng(config.seed)
+    rng = streams.generator(config.seed, "attack_rows")
     n_fit = min(config.attack_fit_size, len(split.base), len(split.holdout))
     return (rng.choice(split.base, n_fit, replace=False),
             rng.choice(split.holdout, n_fit, replace=False))
