@@ -27,6 +27,7 @@ from drift_jax.detect.results import (
     ClassMeans,
     DriftReport,
     Localisation,
+    NullCheck,
     Partner,
     PerClass,
     SeedRule,
@@ -84,13 +85,15 @@ def _rounded(value):
 def attack_to_json(a: AttackResult) -> dict:
     out = _plain({f.name: getattr(a, f.name) for f in dataclasses.fields(a)
                   if f.name not in ("class_statistics", "per_class", "permutation_test",
-                                    "seed_rule", "continuous")})
+                                    "seed_rule", "continuous", "null_check")})
     out["class_statistics"] = (None if a.class_statistics is None else
                                {k: _rounded(v) for k, v in a.class_statistics.items()})
     out["per_class"] = _plain(dataclasses.asdict(a.per_class))
     out["permutation_test"] = dataclasses.asdict(a.permutation_test)
     out["seed_rule"] = dataclasses.asdict(a.seed_rule)
     out["continuous"] = {k: _plain(dataclasses.asdict(v)) for k, v in a.continuous.items()}
+    out["null_check"] = (None if a.null_check is None else
+                         _plain(dataclasses.asdict(a.null_check)))
     return out
 
 
@@ -139,7 +142,15 @@ def attack_from_json(a: dict) -> AttackResult:
         seed_rule=SeedRule(**a["seed_rule"]),
         continuous={k: ClassMeans(*(_array(v.get(f)) for f in ("base", "production",
                                                                "control_mean")))
-                    for k, v in (a.get("continuous") or {}).items()})
+                    for k, v in (a.get("continuous") or {}).items()},
+        null_check=_null_check(a.get("null_check")))
+
+
+def _null_check(raw: dict | None) -> NullCheck | None:
+    if raw is None:  # runs without controls, and runs written before the check existed
+        return None
+    return NullCheck(tuple(raw["statistics"]), raw["production"], _array(raw["controls"]),
+                     raw["p_value"], raw["warning"])
 
 
 def report_from_json(raw: dict) -> DriftReport:
@@ -253,6 +264,9 @@ def summary_lines(report: DriftReport) -> list[str]:
                      f"{'drift' if a.seed_rule.is_drift else 'no drift'}")
     for name, b in report.baselines.items():
         lines.append(f"  baseline {name}: p = {b.p_value:.3f}")
+    check = report.attacks[cfg["primary_attack"]].null_check
+    if check is not None and check.warning:
+        lines.append(f"warning: {check.warning}")
     return lines
 
 

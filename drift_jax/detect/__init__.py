@@ -19,6 +19,7 @@ from drift_jax.detect.config import (
     training_key,
 )
 from drift_jax.detect.decision import combined_scores, score_attack
+from drift_jax.detect.diagnostics import null_checks
 from drift_jax.detect.fit import invert_models, train_models
 from drift_jax.detect.localise import (
     PARTNER_DIRECTIONS,
@@ -43,6 +44,7 @@ from drift_jax.detect.results import (
     BaselineResult,
     DriftReport,
     Localisation,
+    NullCheck,
     Partner,
     PerClass,
 )
@@ -57,11 +59,11 @@ from drift_jax.detect.statistics import (
 __all__ = [
     "AFTER_TRAINING", "ATTACKS", "BASELINES", "LOCALISATION_STATISTICS", "MODEL_STATISTICS",
     "OMNIBUS", "PARTNER_DIRECTIONS", "Accuracy", "AttackResult", "BaselineResult",
-    "DetectConfig", "DriftReport", "GrayScores", "Localisation", "Partner", "PerClass",
+    "DetectConfig", "DriftReport", "GrayScores", "Localisation", "NullCheck", "Partner", "PerClass",
     "SeedPlan", "Splits", "StackedData", "answers_on_base_gray", "attack_rows",
     "attack_statistics", "cache_key", "class_p_values", "class_tests", "combined_scores",
     "detect_drift", "detect_drift_seeds", "invert_models", "model_statistics", "named_classes",
-    "partner_tests", "plan_seed", "recorded_combinations", "recorded_statistics",
+    "null_checks", "partner_tests", "plan_seed", "recorded_combinations", "recorded_statistics",
     "reverse_statistic", "score_attack", "split_pool", "train_models", "training_key",
     "with_holdout",
 ]

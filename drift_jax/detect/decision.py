@@ -25,6 +25,7 @@ from drift_jax.detect.config import (
     DetectConfig,
     recorded_combinations,
 )
+from drift_jax.detect.diagnostics import null_checks
 from drift_jax.detect.localise import class_tests
 from drift_jax.detect.results import AttackResult, ClassMeans, PerClass, SeedRule, TestResult
 from drift_jax.detect.statistics import GrayScores
@@ -72,6 +73,8 @@ def score_attack(scores: GrayScores, class_statistics: dict, config: DetectConfi
         localise_by = ([s for s in LOCALISATION_STATISTICS if s in class_statistics]
                        if config.stat == "omnibus" else ["mean"])
         tests = class_tests(class_statistics, decision_stat, localise_by, config.correction)
+        checks = (null_checks(class_statistics, localise_by) if len(controls) > 1
+                  else [None] * num_seeds)
     else:  # nothing to standardise against: classes are averaged
         overall = per_class.mean(-1)
     # the per-image scores the permutation tests compare
@@ -99,7 +102,8 @@ def score_attack(scores: GrayScores, class_statistics: dict, config: DetectConfi
             per_class=view,
             permutation_test=TestResult(float(perm["statistic"][s]), float(perm["p_value"][s])),
             seed_rule=SeedRule(SEED_RULE_RATIO, bool(prod_frac < SEED_RULE_RATIO * base_frac)),
-            continuous={k: class_means(v.mean(-1)[s]) for k, v in scores.continuous.items()}))
+            continuous={k: class_means(v.mean(-1)[s]) for k, v in scores.continuous.items()},
+            null_check=checks[s] if calibrated else None))
     return out
 
 

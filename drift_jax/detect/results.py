@@ -50,11 +50,25 @@ class ClassMeans:
 
 
 @dataclasses.dataclass(frozen=True)
+class NullCheck:
+    """`diagnostics.null_checks` for one seed: the production model's spread (median |z| over
+    classes x ``statistics``) among the controls' [M]; ``p_value`` its exact upper-tail rank
+    p-value; ``warning`` set when it is at most `diagnostics.CHECK_LEVEL`."""
+
+    statistics: tuple[str, ...]
+    production: float
+    controls: np.ndarray
+    p_value: float
+    warning: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class AttackResult:
     """One attack's verdict for one seed. ``statistic`` names the deciding ``stat/combination``;
     ``control_scores`` [M] its scores of the controls; ``statistics`` the calibrated p-value of
     every recorded (statistic, combination); ``class_statistics`` {name: [models, C]} only when
-    the run records everything (``record="all"``)."""
+    the run records everything (``record="all"``); ``null_check`` whether the production model
+    looks exchangeable with the controls (`diagnostics`)."""
 
     statistic: str
     base_score: float
@@ -69,6 +83,7 @@ class AttackResult:
     permutation_test: TestResult
     seed_rule: SeedRule
     continuous: dict[str, ClassMeans] = dataclasses.field(default_factory=dict)
+    null_check: NullCheck | None = None  # with at least two controls
 
 
 @dataclasses.dataclass(frozen=True)
