@@ -390,6 +390,7 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
                       "move from this init; try miface.init='grey' or 'uniform'.", stacklevel=2)
     member_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     state = init_state(variables, x0)
+    stops_early = config.method == "miface" and config.miface.early_stop != "none"
     traces = []
     start = time.perf_counter()
     with runtime.CompileCounter() as counter:
@@ -397,6 +398,8 @@ def invert(spec: ModelSpec, variables: dict, classes, config: InversionConfig, k
                       unit="chunk", disable=not progress, leave=False):
             state, trace = run_chunk(variables, state, targets, i * chunk, n_iter, member_keys)
             traces.append(trace)
+            if stops_early and not bool(jnp.any(state[1])):
+                break  # every image of the stack has stopped: further steps change nothing
         images = state[2] if config.method == "regularized" else state[0]
         conf = confidence(variables, images, targets)
         images, conf = jax.device_get((images, conf))

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import miface_reference
@@ -229,6 +231,23 @@ def test_paper_early_stop_stops_confident_samples(digits_models):
     # A sample stops once its cost 1 - p <= 0.5 (or stalls); none runs the full budget here.
     assert (gray.active_steps < 200).all()
     assert (gray.confidence >= 0.5).mean() >= 0.9
+
+
+def test_the_loop_ends_once_every_image_of_the_stack_has_stopped(digits_models):
+    """With early stopping, chunks after the last image stopped are not run, and the images
+    are those of a run whose budget ends there."""
+    _, spec, variables = digits_models
+    execution = ExecutionConfig(scan_chunk=10)
+
+    def run(max_iter):
+        cfg = _miface(max_iter, "paper", samples=2, init="grey", threshold=0.5)
+        return inversion.invert(spec, variables, range(10), dataclasses.replace(
+            cfg, execution=execution), jax.random.key(0), progress=False)
+
+    long = run(5000)
+    chunks = long.trace.shape[1]
+    assert chunks < 500 and long.active_steps.max() <= chunks * 10
+    np.testing.assert_array_equal(long.images, run(chunks * 10).images)
 
 
 def test_cli_invert_writes_gray_data_and_grid(tmp_path, digits_models):
