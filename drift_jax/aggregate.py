@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drift_jax import validate
+from drift_jax.data import scenarios
 from drift_jax.detect.results import DriftReport
 from drift_jax.errors import DriftJaxError
 from drift_jax.files import atomic_folder, atomic_write_bytes, atomic_write_json
@@ -47,7 +48,9 @@ def swapped_classes_found(report: DriftReport) -> bool | None:
     if scenario.get("name") != "label_swap":
         return None
     params, names = scenario.get("params") or {}, report.class_names
-    return set(report.drifted_classes) == {names[params.get("a", 0)], names[params.get("b", 1)]}
+    a, b = (names[scenarios.class_index(params.get(p, default), names, f"scenario params {p}")]
+            for p, default in (("a", 0), ("b", 1)))  # params may name the classes
+    return set(report.drifted_classes) == {a, b}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

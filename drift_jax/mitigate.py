@@ -200,7 +200,8 @@ def build_data(run: Run, config: MitigateConfig, base: Dataset | None,
         prod_rows = append(plan.production.images, plan.production.labels)
         images, labels = scenarios_lib.apply(
             cfg.scenario, held, pool.labels[base_eval],
-            streams.key(cfg.seed, "mitigation_scenario"), cfg.severity, **cfg.scenario_params)
+            streams.key(cfg.seed, "mitigation_scenario"), cfg.severity,
+            class_names=pool.class_names, **cfg.scenario_params)
         prod_eval = append(images, labels)
     else:  # given production data: hold out a stratified share
         kind = "labels"

@@ -58,7 +58,8 @@ def oracle_accuracy(run: mitigate_lib.Run, built) -> float:
     images, labels = scenarios.apply(cfg.scenario, built.images[built.base],
                                      built.labels[built.base],
                                      streams.key(cfg.seed, "oracle_scenario"),
-                                     cfg.severity, **cfg.scenario_params)
+                                     cfg.severity, class_names=run.report["class_names"],
+                                     **cfg.scenario_params)
     train_images = np.concatenate([images, built.images[built.production]])
     train_labels = np.concatenate([labels, built.labels[built.production]])
     keys = streams.key(cfg.seed, "oracle_train")[None]

@@ -5,7 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drift_jax import data
+from drift_jax.config import with_overrides
 from drift_jax.data import scenarios
+from drift_jax.detect.config import DetectConfig
+from drift_jax.detect.plan import drifted_production
 from drift_jax.errors import DriftJaxError
 
 DS = data.synthetic(n=400, classes=4, size=8, channels=3, seed=0)
@@ -109,3 +112,54 @@ def test_scenarios_change_only_what_they_name(name, severity, seed):
     if severity == 0:  # severity 0 is no drift at all
         np.testing.assert_array_equal(images, DS.images)
         np.testing.assert_array_equal(labels, DS.labels)
+
+
+# --- Classes by name ---------------------------------------------------------------------------
+
+AERIAL_NAMES = ("Meadow", "Farmland", "SparseResidential", "MediumResidential")
+RNG = np.random.default_rng(0)
+TILES = RNG.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)  # small random RGB "tiles"
+TILE_LABELS = np.arange(48) % 4
+
+
+@pytest.mark.parametrize("name, by_name, by_index", [
+    ("label_swap", {"a": "Meadow", "b": "farmland"}, {"a": 0, "b": 1}),
+    ("relabel", {"a": "sparse residential", "b": "MEDIUM_RESIDENTIAL"}, {"a": 2, "b": 3}),
+    ("class_transform", {"a": "farmland", "kind": "invert"}, {"a": 1, "kind": "invert"}),
+    ("prior_shift", {"classes": ["Meadow", "MediumResidential"]}, {"classes": (0, 3)}),
+    ("prior_shift", {"classes": "farmland"}, {"classes": (1,)}),
+])
+def test_classes_by_name_or_index_give_the_same_result(name, by_name, by_index):
+    named = scenarios.apply(name, TILES, TILE_LABELS, KEY, 3, class_names=AERIAL_NAMES,
+                            **by_name)
+    indexed = scenarios.apply(name, TILES, TILE_LABELS, KEY, 3, **by_index)
+    for x, y in zip(named, indexed):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("params, names, message", [
+    ({"a": "Desert"}, AERIAL_NAMES, r"a='Desert' names no single class; the classes are "
+                                    r"0 Meadow, 1 Farmland, 2 SparseResidential, 3 Medium"),
+    ({"b": 4}, AERIAL_NAMES, r"b=4 is not a class index; the classes are 0 Meadow"),
+    ({"a": -1}, None, r"a=-1 is not a class index; the data's class names are not known"),
+    ({"a": "Meadow"}, None, r"names no single class; the data's class names are not known"),
+    ({"a": 1.5}, AERIAL_NAMES, r"neither a class name nor an index"),
+    ({"a": True}, AERIAL_NAMES, r"neither a class name nor an index"),
+])
+def test_bad_classes_are_refused_with_the_valid_ones(params, names, message):
+    with pytest.raises(DriftJaxError, match=r"scenario relabel: .*" + message):
+        scenarios.apply("relabel", TILES, TILE_LABELS, KEY, 3, class_names=names, **params)
+    with pytest.raises(DriftJaxError, match="classes"):
+        scenarios.apply("prior_shift", TILES, TILE_LABELS, KEY, 3, class_names=names,
+                        classes=[0, *params.values()])
+
+
+def test_a_detect_config_names_classes_for_the_production_data():
+    base = data.Dataset(TILES, TILE_LABELS, AERIAL_NAMES, "tiles")
+    config = with_overrides(DetectConfig(), ['scenario="relabel"', "severity=5",
+                                             'scenario_params={"a": "meadow", "b": "farmland"}'])
+    assert config.scenario_params == {"a": "meadow", "b": "farmland"}  # as --set gives it
+    drifted, before, record = drifted_production(config, base, base, None)
+    np.testing.assert_array_equal(before, TILE_LABELS)
+    np.testing.assert_array_equal(drifted.labels, np.where(TILE_LABELS == 0, 1, TILE_LABELS))
+    assert record["params"] == {"a": "meadow", "b": "farmland"}

@@ -11,11 +11,16 @@ arrays (inputs untouched).
   gaussian_noise, blur, brightness, contrast, pixelate, rotation
                            covariate corruptions of all images (CIFAR-10-C spirit)
   prior_shift(classes)     drops a fraction 0.18 * severity of the given classes' images
+
+Class parameters (``a``, ``b``, ``classes``) are class indices or, with ``class_names`` given to
+`apply`, class names (matched ignoring case, spaces, ``_`` and ``-``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import re
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -146,14 +151,71 @@ SCENARIOS: dict[str, Callable] = {
 }
 
 
+# Scenario parameters that name one class, and the one that names several.
+CLASS_PARAMS = ("a", "b")
+CLASSES_PARAM = "classes"
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).casefold()
+
+
+def _class_list(class_names: Sequence[str]) -> str:
+    return ", ".join(f"{i} {name}" for i, name in enumerate(class_names))
+
+
+def class_index(value, class_names: Sequence[str] | None = None, what: str = "class") -> int:
+    """A class given by ``value`` (an index, or a name of ``class_names``) -> its index. Names
+    match exactly, else ignoring case, spaces, ``_`` and ``-`` ("sparse residential" finds
+    SparseResidential). Without ``class_names`` only indices are taken, and only negative ones
+    can be refused. ``what`` starts the error message (e.g. "scenario relabel: a")."""
+    names = list(class_names) if class_names is not None else None
+    valid = (f"the classes are {_class_list(names)}" if names
+             else "the data's class names are not known here, so give a class index")
+    if isinstance(value, str):
+        if names is not None and value in names:
+            return names.index(value)
+        matches = [i for i, n in enumerate(names or []) if _name_key(n) == _name_key(value)]
+        if len(matches) == 1:
+            return matches[0]
+        raise DriftJaxError(f"{what}={value!r} names no single class; {valid}.")
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DriftJaxError(f"{what}={value!r} is neither a class name nor an index; {valid}.")
+    if value < 0 or (names is not None and value >= len(names)):
+        raise DriftJaxError(f"{what}={value!r} is not a class index; {valid}.")
+    return int(value)
+
+
+def resolve_class_params(name: str, params: dict,
+                         class_names: Sequence[str] | None = None) -> dict:
+    """``params`` of scenario ``name`` with every class parameter it takes (`CLASS_PARAMS`,
+    `CLASSES_PARAM`: one name or index, or a list of them) turned into class indices; other
+    parameters pass through as given."""
+    out = dict(params)
+    takes = inspect.signature(SCENARIOS[name]).parameters
+    for param in CLASS_PARAMS:
+        if param in out and param in takes:
+            out[param] = class_index(out[param], class_names, f"scenario {name}: {param}")
+    if CLASSES_PARAM in out and CLASSES_PARAM in takes:
+        given = out[CLASSES_PARAM]
+        given = list(given) if isinstance(given, list | tuple | np.ndarray) else [given]
+        out[CLASSES_PARAM] = tuple(class_index(c, class_names, f"scenario {name}: classes")
+                                   for c in given)
+    return out
+
+
 def apply(name: str, images: np.ndarray, labels: np.ndarray, key: jax.Array, severity: int = 5,
-          **params) -> tuple[np.ndarray, np.ndarray]:
-    """Applies scenario ``name``; unknown names and parameters raise DriftJaxError."""
+          class_names: Sequence[str] | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
+    """Applies scenario ``name`` to ``images`` [n, H, W, ch] uint8 and ``labels`` [n] with the
+    stream ``key`` at ``severity`` (0..5). ``class_names`` (the data's, one per class) lets the
+    class parameters be given by name and bounds their indices. Unknown scenarios, parameters
+    and classes raise DriftJaxError."""
     if name not in SCENARIOS:
         raise DriftJaxError(f"unknown drift scenario {name!r}; choose one of "
                             f"{', '.join(SCENARIOS)}.")
     _fraction(severity)  # validates the range
+    resolved = resolve_class_params(name, params, class_names)
     try:
-        return SCENARIOS[name](images, labels, key, severity, **params)
+        return SCENARIOS[name](images, labels, key, severity, **resolved)
     except TypeError as e:
         raise DriftJaxError(f"scenario {name}: bad parameters {params} ({e}).") from e

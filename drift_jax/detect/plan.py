@@ -90,6 +90,7 @@ def drifted_production(config: DetectConfig, base: Dataset, production: Dataset 
                             f"({base.image_shape}, {base.num_classes} classes).")
     images, labels = scenarios_lib.apply(config.scenario, production.images, production.labels,
                                          streams.key(config.seed, "scenario"), config.severity,
+                                         class_names=production.class_names,
                                          **config.scenario_params)
     drifted = Dataset(images, labels, production.class_names, f"{production.name}"
                       f"+{config.scenario}@{config.severity}")
