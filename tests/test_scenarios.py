@@ -87,9 +87,9 @@ def test_bad_scenarios():
         scenarios.apply("label_swap", DS.images, DS.labels, KEY, 5, c=3)
 
 
-LABEL_ONLY = {"label_swap", "relabel", "label_noise"}
+LABEL_ONLY = {"label_swap", "relabel", "label_noise", "land_use"}
 IMAGE_ONLY = {"class_transform", "gaussian_noise", "blur", "brightness", "contrast", "pixelate",
-              "rotation"}
+              "rotation", "seasonal", "sensor", "cloud"}
 
 
 @settings(max_examples=30, deadline=None)
@@ -101,7 +101,7 @@ def test_scenarios_change_only_what_they_name(name, severity, seed):
     if name in IMAGE_ONLY or name == "none":
         np.testing.assert_array_equal(labels, DS.labels)
         assert images.shape == DS.images.shape and images.dtype == np.uint8
-    if name in ("label_swap", "relabel"):  # classes other than 0 and 1 keep their labels
+    if name in ("label_swap", "relabel", "land_use"):  # classes other than 0 and 1 keep theirs
         other = DS.labels > 1
         np.testing.assert_array_equal(labels[other], DS.labels[other])
         changed = (labels != DS.labels).sum()
@@ -114,18 +114,121 @@ def test_scenarios_change_only_what_they_name(name, severity, seed):
         np.testing.assert_array_equal(labels, DS.labels)
 
 
-# --- Classes by name ---------------------------------------------------------------------------
+# --- Overhead (aerial) imagery ----------------------------------------------------------------
 
 AERIAL_NAMES = ("Meadow", "Farmland", "SparseResidential", "MediumResidential")
 RNG = np.random.default_rng(0)
 TILES = RNG.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)  # small random RGB "tiles"
 TILE_LABELS = np.arange(48) % 4
+GREEN_TILES = np.stack([RNG.integers(40, 110, (48, 32, 32)), RNG.integers(100, 180, (48, 32, 32)),
+                        RNG.integers(30, 90, (48, 32, 32))], -1).astype(np.uint8)  # vegetation
+
+
+def _shift(name, images, severity, **params):
+    """Mean absolute pixel change of ``name`` at ``severity`` on ``images``."""
+    out, _ = scenarios.apply(name, images, TILE_LABELS, KEY, severity, **params)
+    return np.abs(out.astype(float) - images).mean()
+
+
+def test_land_use_is_a_relabel_named_for_aerial_imagery():
+    images, labels = scenarios.apply("land_use", TILES, TILE_LABELS, KEY, 3, a="Meadow",
+                                     b="Farmland", class_names=AERIAL_NAMES)
+    _, relabelled = scenarios.apply("relabel", TILES, TILE_LABELS, KEY, 3, a=0, b=1)
+    np.testing.assert_array_equal(images, TILES)  # the ground changed use, not its look
+    np.testing.assert_array_equal(labels, relabelled)
+    assert (labels[TILE_LABELS == 0] == 1).sum() == round(0.6 * (TILE_LABELS == 0).sum())
+
+
+@pytest.mark.parametrize("name, params", [("seasonal", {"kind": "autumn"}),
+                                          ("seasonal", {"kind": "snow"}),
+                                          ("seasonal", {"kind": "low_sun"}),
+                                          ("sensor", {}), ("cloud", {})])
+def test_aerial_image_scenarios_grow_with_severity_and_keep_labels(name, params):
+    images = GREEN_TILES
+    for severity in range(6):
+        out, labels = scenarios.apply(name, images, TILE_LABELS, KEY, severity, **params)
+        np.testing.assert_array_equal(labels, TILE_LABELS)
+        assert out.dtype == np.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(
+        scenarios.apply(name, images, TILE_LABELS, KEY, 0, **params)[0], images)
+    shifts = [_shift(name, images, severity, **params) for severity in range(6)]
+    assert shifts[0] == 0 and all(np.diff(shifts) > 0), shifts
+
+
+@pytest.mark.parametrize("kind", ["autumn", "snow", "low_sun"])
+def test_seasonal_changes_only_the_named_class(kind):
+    images, labels = scenarios.apply("seasonal", GREEN_TILES, TILE_LABELS, KEY, 5, a="farmland",
+                                     kind=kind, class_names=AERIAL_NAMES)
+    other, mine = TILE_LABELS != 1, TILE_LABELS == 1
+    np.testing.assert_array_equal(images[other], GREEN_TILES[other])
+    np.testing.assert_array_equal(labels, TILE_LABELS)
+    before, after = GREEN_TILES[mine].astype(float), images[mine].astype(float)
+    red, green, blue = (after - before).mean(axis=(0, 1, 2))
+    if kind == "autumn":  # green -> brown: green falls, red rises relative to it
+        assert green < -10 and red - green > 10
+    if kind == "snow":  # brighter, greyer, bluish
+        assert after.mean() > before.mean() + 40 and blue > red
+        assert after.std(-1).mean() < before.std(-1).mean()  # channels closer: less saturated
+    if kind == "low_sun":  # darker and warmer
+        assert after.mean() < before.mean() - 20 and red - blue > 0
+
+
+def test_seasonal_refuses_grey_images_and_unknown_kinds():
+    grey = TILES[..., :1]
+    with pytest.raises(DriftJaxError, match="seasonal changes colours and needs RGB"):
+        scenarios.apply("seasonal", grey, TILE_LABELS, KEY, 3)
+    with pytest.raises(DriftJaxError, match="autumn, snow, low_sun"):
+        scenarios.apply("seasonal", TILES, TILE_LABELS, KEY, 3, kind="monsoon")
+
+
+def _sharpness(images):
+    """Mean absolute difference of horizontally neighbouring pixels (falls as blur grows)."""
+    return np.abs(np.diff(images.astype(float), axis=2)).mean()
+
+
+def test_sensor_blurs_more_with_severity_and_takes_grey_images():
+    sharpness = [_sharpness(scenarios.apply("sensor", TILES, TILE_LABELS, KEY, s)[0])
+                 for s in range(6)]
+    assert all(np.diff(sharpness) < 0), sharpness
+    grey = TILES[..., :1]
+    out, _ = scenarios.apply("sensor", grey, TILE_LABELS, KEY, 4)
+    assert out.shape == grey.shape and _sharpness(out) < _sharpness(grey)
+    other_key, _ = scenarios.apply("sensor", TILES, TILE_LABELS, jax.random.key(1), 4)
+    assert (other_key != scenarios.apply("sensor", TILES, TILE_LABELS, KEY, 4)[0]).any()
+
+
+def test_cloud_occludes_a_growing_share_of_images_and_of_each_image():
+    dark = TILES // 3  # clouds show as pixels brightened a lot
+    changed_images, occluded = [], []
+    for severity in range(6):
+        out, _ = scenarios.apply("cloud", dark, TILE_LABELS, KEY, severity)
+        brightened = out.astype(int) - dark > 100  # under a cloud's core, not just haze
+        changed_images.append(int((out != dark).any(axis=(1, 2, 3)).sum()))
+        occluded.append(brightened.mean())
+    assert changed_images == [round(len(dark) * s / 5) for s in range(6)]
+    assert occluded[0] == 0 and all(np.diff(occluded) > 0), occluded
+    assert 0.2 < occluded[5] < 0.6  # about half of each image at severity 5
+    grey, _ = scenarios.apply("cloud", dark[..., :1], TILE_LABELS, KEY, 3)
+    assert grey.shape == (48, 32, 32, 1) and (grey != dark[..., :1]).any()
+
+
+@pytest.mark.parametrize("name", ["land_use", "seasonal", "sensor", "cloud"])
+def test_aerial_scenarios_are_deterministic_and_leave_inputs_alone(name):
+    images, labels = TILES.copy(), TILE_LABELS.copy()
+    first = scenarios.apply(name, images, labels, jax.random.key(7), 3)
+    second = scenarios.apply(name, images, labels, jax.random.key(7), 3)
+    np.testing.assert_array_equal(images, TILES)
+    np.testing.assert_array_equal(labels, TILE_LABELS)
+    for x, y in zip(first, second):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("name, by_name, by_index", [
     ("label_swap", {"a": "Meadow", "b": "farmland"}, {"a": 0, "b": 1}),
     ("relabel", {"a": "sparse residential", "b": "MEDIUM_RESIDENTIAL"}, {"a": 2, "b": 3}),
+    ("land_use", {"a": "SparseResidential", "b": 3}, {"a": 2, "b": 3}),
     ("class_transform", {"a": "farmland", "kind": "invert"}, {"a": 1, "kind": "invert"}),
+    ("seasonal", {"a": "meadow", "kind": "snow"}, {"a": 0, "kind": "snow"}),
     ("prior_shift", {"classes": ["Meadow", "MediumResidential"]}, {"classes": (0, 3)}),
     ("prior_shift", {"classes": "farmland"}, {"classes": (1,)}),
 ])
@@ -156,7 +259,7 @@ def test_bad_classes_are_refused_with_the_valid_ones(params, names, message):
 
 def test_a_detect_config_names_classes_for_the_production_data():
     base = data.Dataset(TILES, TILE_LABELS, AERIAL_NAMES, "tiles")
-    config = with_overrides(DetectConfig(), ['scenario="relabel"', "severity=5",
+    config = with_overrides(DetectConfig(), ['scenario="land_use"', "severity=5",
                                              'scenario_params={"a": "meadow", "b": "farmland"}'])
     assert config.scenario_params == {"a": "meadow", "b": "farmland"}  # as --set gives it
     drifted, before, record = drifted_production(config, base, base, None)
