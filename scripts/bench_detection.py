@@ -1,4 +1,4 @@
-"""Detection power curves: scenarios x severities, every seed of a point stacked in one
+r"""Detection power curves: scenarios x severities, every seed of a point stacked in one
 `detect_drift_seeds` call, and per seed the calibrated p-value of every attack x per-class
 statistic x class combination (one run gives them all: `report.attacks[a]["statistics"]`), plus
 the baselines. Power at alpha = 0.05 is the fraction of seeds with p <= alpha; under `none` it is

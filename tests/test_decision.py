@@ -98,3 +98,15 @@ def test_the_null_check_ranks_the_production_model_like_a_control():
     for check in checks:
         assert check.controls.shape == (9,) and check.statistics == LOCALISATION_STATISTICS
         assert check.p_value == (1 + (check.controls >= check.production).sum()) / 10
+
+
+def test_a_retest_without_the_models_combines_the_attack_parts_it_has():
+    """Mitigation's re-test keeps no control models: the omnibus ranks the attack's parts."""
+    rng = np.random.default_rng(2)
+    full = simulated_statistics(rng, 4, 9)
+    attack_only = {k: v for k, v in full.items() if k not in MODEL}
+    combined = combined_scores(attack_only, recorded_combinations(DetectConfig()))
+    parts = [part for part in OMNIBUS if part[0] in attack_only]
+    assert set(combined) == {*parts, ("omnibus", "min_rank")}
+    expected = stats.min_rank(np.stack([combined[p] for p in parts]), np.arange(1, 11))
+    np.testing.assert_array_equal(combined["omnibus", "min_rank"], expected)

@@ -33,16 +33,17 @@ from drift_jax.detect.statistics import GrayScores
 
 def combined_scores(class_statistics: dict, combinations) -> dict:
     """Per-class values [S, models, C] -> one score per model [S, models] for each
-    (statistic, combination) of ``combinations``; ("omnibus", "min_rank") ranks the `OMNIBUS`
-    parts that ``class_statistics`` holds together (`stats.min_rank`). The production model and
+    (statistic, combination) of ``combinations`` whose statistic ``class_statistics`` holds;
+    ("omnibus", "min_rank") ranks the `OMNIBUS` parts it holds together (`stats.min_rank`: a
+    re-test without the control models has the attack's parts only). The production model and
     the controls are standardised and ranked alike, so each rank p-value stays exact."""
     models = np.arange(1, next(iter(class_statistics.values())).shape[1])
     wanted = list(combinations)
     if ("omnibus", "min_rank") in wanted:
-        wanted += [part for part in OMNIBUS if part[0] in class_statistics]
+        wanted += list(OMNIBUS)
     combined = {}
     for stat, combine in dict.fromkeys(wanted):
-        if stat != "omnibus":
+        if stat in class_statistics:
             combined[stat, combine] = stats_lib.combine_classes(class_statistics[stat], models,
                                                                 combine)
     if ("omnibus", "min_rank") in combinations:
