@@ -63,32 +63,73 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# The top-level keys that mark a `drift-jax mitigate` report.json (`mitigate.MitigationReport`),
+# which may lie inside a run folder (`detect --mitigate` writes RUN/mitigation/): not a run.
+MITIGATION_REPORT_KEYS = frozenset({"candidates", "recommended", "changed_classes"})
+
+
+def is_mitigation_report(path: Path) -> bool:
+    """Whether a report.json is a mitigation's (a damaged file is not: reading it as a run
+    names its problem)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and set(raw) >= MITIGATION_REPORT_KEYS
+
+
 def collect(sweep_dir: str | Path) -> list[dict]:
     """One row per finished run: its flattened config, flags, p-value, timings."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DriftJaxError(f"{sweep_dir} is not a folder; give the --out folder of a sweep.")
-    rows = []
+    rows, mitigations = [], []
     for path in sorted(sweep_dir.rglob("report.json")):
         if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
             continue  # a run still being written (atomic_folder's temporary sibling)
-        report = read_run_report(path.parent, REPORT_FIX)
-        if not isinstance(report.config.get("alpha"), float):
-            raise DriftJaxError(f"run report {path} has no config.alpha; {REPORT_FIX}")
-        rows.append({"run": path.parent.name, "config": _flatten(report.config),
-                     "flags": run_flags(report), "p_value": report.p_value,
-                     "swap_found": swapped_classes_found(report),
-                     "seconds": report.timings.get("total", float("nan")),
-                     "base_accuracy": report.accuracy.base,
-                     "production_accuracy": report.accuracy.production,
-                     "members": {n: (a.base_member_fraction, a.production_member_fraction)
-                                 for n, a in report.attacks.items()},
-                     "scores": {n: {"production": a.production_score,
-                                    "controls": list(a.control_scores), "p_value": a.p_value}
-                                for n, a in report.attacks.items()}})
+        if is_mitigation_report(path):
+            mitigations.append(path)
+            continue
+        rows.append(_row(path))
     if not rows:
-        raise DriftJaxError(f"no finished runs (report.json) under {sweep_dir}.")
+        also = (f" (only the mitigation report {mitigations[0]}, which `drift-jax report` does "
+                "not summarise)" if mitigations else "")
+        raise DriftJaxError(f"no finished runs (report.json) under {sweep_dir}{also}; point at "
+                            "a sweep or detect run folder.")
     return rows
+
+
+def _row(path: Path) -> dict:
+    """A run's row; a value of the wrong type below the top level of its report.json (an edited
+    file) is named as that file's problem."""
+    report = read_run_report(path.parent, REPORT_FIX)
+    try:
+        if not isinstance(report.config.get("alpha"), float):
+            raise TypeError("config.alpha is not a number")
+        row = {"run": path.parent.name, "config": _flatten(report.config),
+               "flags": run_flags(report), "p_value": _number_or_none(report.p_value),
+               "swap_found": swapped_classes_found(report),
+               "seconds": float(report.timings.get("total", float("nan"))),
+               "base_accuracy": float(report.accuracy.base),
+               "production_accuracy": float(report.accuracy.production),
+               "members": {n: (float(a.base_member_fraction),
+                               float(a.production_member_fraction))
+                           for n, a in report.attacks.items()},
+               "scores": {n: {"production": float(a.production_score),
+                              "controls": [float(c) for c in a.control_scores],
+                              "p_value": _number_or_none(a.p_value)}
+                          for n, a in report.attacks.items()}}
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise DriftJaxError(f"run report {path} does not have the layout drift_jax writes "
+                            f"({type(e).__name__}: {e}); {REPORT_FIX}") from None
+    if not all(isinstance(flag, bool | np.bool_) for flag in row["flags"].values()):
+        raise DriftJaxError(f"run report {path} has a verdict that is not true or false; "
+                            f"{REPORT_FIX}")
+    return row
+
+
+def _number_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def varying_keys(rows: list[dict]) -> list[str]:

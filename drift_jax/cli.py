@@ -27,6 +27,9 @@ def _add_data_info(sub) -> None:
 def _data_info(args) -> int:
     from drift_jax import data, figures
 
+    if args.per_class < 1:  # refused before loading: zero rows would draw an empty grid
+        raise DriftJaxError(f"--per-class must be >= 1 (samples drawn per class), got "
+                            f"{args.per_class}.")
     dataset = data.load(args.spec)
     summary = dataset.summary()
     print(json.dumps(summary, indent=2))
@@ -71,7 +74,7 @@ def _train(args) -> int:
              "train.epochs": args.epochs, "train.batch_size": args.batch_size,
              "train.learning_rate": args.lr}
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    cfg = config_lib.with_overrides(cfg, overrides + args.set)
+    cfg = config_lib.with_overrides(cfg, _once_each(overrides + args.set))
     run = run_training(cfg, Path(args.out), progress=not args.quiet, overwrite=args.overwrite)
     m = run.metrics
     acc = ", ".join(f"{a:.4f}" for a in m["holdout_accuracy"])
@@ -81,6 +84,19 @@ def _train(args) -> int:
     print(f"holdout accuracy: {acc}")
     print(f"results in {args.out}/ (config.json, metrics.json, checkpoint/)")
     return 0
+
+
+def _once_each(overrides: list[str]) -> list[str]:
+    """``key=value`` overrides from flags and --set, each key at most once: a key given twice
+    would keep only its last value."""
+    seen = set()
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in seen:
+            raise DriftJaxError(f"{key} is given more than once (by a flag and --set, or by two "
+                                "--set); give each key once.")
+        seen.add(key)
+    return overrides
 
 
 def _add_invert(sub) -> None:
@@ -126,10 +142,12 @@ def _invert(args) -> int:
         overrides.insert(0, f"method={args.method}")
     if args.samples is not None:  # zero means zero: the config refuses it, never the default
         overrides.append(f"samples_per_class={args.samples}")
-    cfg = config_lib.with_overrides(cfg, overrides)
+    cfg = config_lib.with_overrides(cfg, _once_each(overrides))
     if args.iterations is not None:
         key = "miface.max_iter" if cfg.method == "miface" else "regularized.steps"
-        cfg = config_lib.with_overrides(cfg, [f"{key}={args.iterations}"])
+        iterations = f"{key}={args.iterations}"
+        _once_each([*overrides, iterations])  # --iterations and --set of the same key
+        cfg = config_lib.with_overrides(cfg, [iterations])
     spec, variables, meta = stack.load_stack(args.checkpoint)
     classes = _parse_classes(args.classes, spec.num_classes)
     gray = inversion.invert(spec, variables, classes, cfg, jax.random.key(args.seed),
@@ -187,14 +205,16 @@ def _detect(args) -> int:
     from drift_jax.report import summary_lines, write_report
 
     validate.output_folder(args.out, args.overwrite)
-    cfg = config_lib.load_json(DetectConfig, args.config) if args.config else DetectConfig()
+    from_file = config_lib.read_json_object(args.config) if args.config else {}
+    cfg = config_lib.from_dict(DetectConfig, from_file)
     flags = {"base": args.base, "production": args.production,
              "production_model": args.production_model, "scenario": args.scenario,
              "severity": args.severity, "seed": args.seed}
-    cfg = config_lib.with_overrides(
-        cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.set)
-    if cfg.production_model and args.scenario is None:
-        cfg = config_lib.with_overrides(cfg, ['scenario="none"'])
+    cfg = config_lib.with_overrides(cfg, _once_each(
+        [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.set))
+    scenario_given = (args.scenario is not None or "scenario" in from_file
+                      or any(item.partition("=")[0].strip() == "scenario" for item in args.set))
+    cfg = _without_scenario_for_a_production_model(cfg, scenario_given)
     print(f"drift-jax detect: base {cfg.base}, production "
           f"{cfg.production or cfg.production_model or 'split off the base data'}, scenario "
           f"{cfg.scenario} (severity {cfg.severity}), {cfg.controls} control models", flush=True)
@@ -209,6 +229,21 @@ def _detect(args) -> int:
             return 0
         return _run_mitigation(args.out, Path(args.out) / "mitigation", [], [], args.quiet)
     return 0
+
+
+def _without_scenario_for_a_production_model(cfg, scenario_given: bool):
+    """A production model comes without production data, so no scenario can act on it: the
+    run's scenario is 'none', and a scenario the user gave is refused rather than printed in
+    the header and then ignored."""
+    from drift_jax import config as config_lib
+
+    if not cfg.production_model:
+        return cfg
+    if scenario_given and cfg.scenario != "none":
+        raise DriftJaxError(f"scenario {cfg.scenario!r} drifts production data, and "
+                            "--production-model gives a model instead of data, so it would not "
+                            "be applied; drop the scenario, or pass the data with --production.")
+    return config_lib.with_overrides(cfg, ['scenario="none"'])
 
 
 def _add_mitigate(sub) -> None:
@@ -232,9 +267,20 @@ def _mitigate(args) -> int:
     from drift_jax import validate
 
     validate.output_folder(args.out, args.overwrite)
-    lists = {"strategies": args.strategies, "classes": args.classes}
-    flags = [f"{k}={json.dumps(v.split(','))}" for k, v in lists.items() if v]
+    lists = {"strategies": (args.strategies, "all the strategies the run allows"),
+             "classes": (args.classes, "the classes the run flagged")}
+    flags = [f"{k}={json.dumps(_name_list(k, text, default))}"
+             for k, (text, default) in lists.items() if text is not None]
     return _run_mitigation(args.run, args.out, flags, args.set, args.quiet)
+
+
+def _name_list(flag: str, text: str, default: str) -> list[str]:
+    """A comma-separated flag's names; an empty name is refused, never read as the default."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise DriftJaxError(f"--{flag} {text!r} has an empty name; give comma-separated names, "
+                            f"or leave --{flag} out for {default}.")
+    return names
 
 
 def _run_mitigation(run: str | Path, out: str | Path, flags: list[str], overrides: list[str],
@@ -242,7 +288,7 @@ def _run_mitigation(run: str | Path, out: str | Path, flags: list[str], override
     from drift_jax import config as config_lib
     from drift_jax import mitigate as mitigate_lib
 
-    cfg = config_lib.with_overrides(mitigate_lib.MitigateConfig(), flags + overrides)
+    cfg = config_lib.with_overrides(mitigate_lib.MitigateConfig(), _once_each(flags + overrides))
     print(f"drift-jax mitigate: run {run}", flush=True)
     report = mitigate_lib.mitigate(run, cfg, progress=not quiet)
     mitigate_lib.write_mitigation(report, out)
@@ -276,8 +322,10 @@ def _sweep(args) -> int:
     from drift_jax import sweep as sweep_lib
 
     cfg = sweep_lib.load(args.config) if args.config else sweep_lib.SweepConfig()
+    grid = sweep_lib.merge_grids(cfg.grid, sweep_lib.parse_grid(args.grid))
+    sweep_lib.check_set_not_swept(_once_each(args.set), grid)
     cfg = dataclasses.replace(cfg, detect=config_lib.with_overrides(cfg.detect, args.set),
-                              grid={**cfg.grid, **sweep_lib.parse_grid(args.grid)})
+                              grid=grid)
     total = len(sweep_lib.points(cfg))
     print(f"drift-jax sweep: {total} point(s) over {', '.join(cfg.grid) or 'no grid'}; "
           f"folder {args.out}", flush=True)
@@ -307,8 +355,18 @@ def _report(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one `drift-jax: error:` line, as every other error
+    of the command line is (argparse's own print a usage block first); --help is unchanged.
+    Subcommand parsers are made of this class too."""
+
+    def error(self, message: str):
+        text = " ".join(message.split())
+        self.exit(2, f"drift-jax: error: {text}; see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drift-jax", description=__doc__)
+    parser = OneLineParser(prog="drift-jax", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--no-compilation-cache", action="store_true",
                         help="compile every program afresh instead of loading it from the "
@@ -329,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argument error (2, its line already printed)
+        return e.code
     if args.no_compilation_cache:
         from drift_jax import runtime
 

@@ -88,6 +88,9 @@ class MitigateConfig:
             if unknown or not self.strategies:
                 raise DriftJaxError(f"strategies must be a non-empty list from "
                                     f"{', '.join(STRATEGIES)}; got {list(self.strategies)}.")
+        if self.classes is not None and not self.classes:
+            raise DriftJaxError("classes is an empty list; name the classes to mitigate, or "
+                                "leave classes null for the classes the run flagged.")
         if not self.wise_ft_weights or not all(0 < w < 1 for w in self.wise_ft_weights):
             raise DriftJaxError(f"wise_ft_weights must be mixing weights strictly between 0 and 1 "
                                 f"(0 is the base model, 1 fine_tune); got "
@@ -116,7 +119,11 @@ def load_run(path: str | Path) -> Run:
     if not (path / "report.json").exists():
         raise DriftJaxError(f"--run {path} is not a finished detect run (no report.json); {fix}")
     report = read_run_report(path, fix)
-    config = config_lib.from_dict(detect_lib.DetectConfig, report.config, "config")
+    try:
+        config = config_lib.from_dict(detect_lib.DetectConfig, report.config, "config")
+    except DriftJaxError as e:  # the file's fault, not the command line's: say so
+        raise DriftJaxError(f"run report {path / 'report.json'} holds a config this drift_jax "
+                            f"cannot use ({e}); {fix}") from None
     if config.stat in detect_lib.MODEL_STATISTICS:  # they need the controls, not kept in a run
         raise DriftJaxError(f"--run {path} was decided by stat={config.stat!r}, a statistic of "
                             "the control models, which a run does not keep, so mitigation "

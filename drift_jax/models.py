@@ -83,6 +83,10 @@ class ResNet(nn.Module):
 
 
 ARCHITECTURES = {"seedcnn": SeedCNN, "resnet": ResNet}
+# The smallest image side each architecture takes: SeedCNN halves its input twice with 2x2
+# pooling (a side under 4 pools to nothing, and its classifier would see no features), and the
+# ResNet halves it twice with stride-2 stages (under 4, the last stage has one pixel to halve).
+MIN_IMAGE_SIZE = {"seedcnn": 4, "resnet": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,12 @@ class ModelSpec:
             raise DriftJaxError(f"unknown architecture {self.arch!r}; choose one of "
                                 f"{', '.join(ARCHITECTURES)}.")
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        height, width = self.image_shape[:2]
+        least = MIN_IMAGE_SIZE[self.arch]
+        if min(height, width) < least:
+            raise DriftJaxError(f"{self.arch} needs images of at least {least}x{least} pixels "
+                                f"(it halves them twice), got {height}x{width}; resize the "
+                                "images, or use larger data.")
 
     def build(self, **overrides) -> nn.Module:
         return ARCHITECTURES[self.arch](num_classes=self.num_classes, conv_form=self.conv_form,

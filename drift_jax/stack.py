@@ -71,16 +71,17 @@ def step_bytes_per_image(spec: ModelSpec) -> int:
 
 
 def check_training_memory(spec: ModelSpec, num_members: int, batch: int, steps: int,
-                          member_mode: str, num_images: int) -> None:
+                          member_mode: str, num_images: int, held_models: int = 0,
+                          what: str = "models",
+                          fix: str = "lower train.batch_size or the number of models") -> None:
     """Refuses, before allocating, a training run that would not fit: the stack with its Adam
-    state and gradients, one epoch's schedule, the images, and one step's activations (every
-    member at once under vmap)."""
+    state and gradients, one epoch's schedule, the images, one step's activations (every
+    member at once under vmap), and ``held_models`` trained earlier and kept meanwhile."""
     stepping = num_members if member_mode == "vmap" else 1
-    nbytes = (4 * model_bytes(spec) * num_members + 17 * steps * batch * num_members
-              + num_images * int(np.prod(spec.image_shape))
+    nbytes = ((4 * num_members + held_models) * model_bytes(spec)
+              + 17 * steps * batch * num_members + num_images * int(np.prod(spec.image_shape))
               + stepping * batch * step_bytes_per_image(spec))
-    validate.check_memory(nbytes, f"training {num_members} models with batch {batch}",
-                          "lower train.batch_size or the number of models")
+    validate.check_memory(nbytes, f"training {num_members} {what} with batch {batch}", fix)
 
 
 def per_member_keys(key: jax.Array, num_members: int) -> jax.Array:
@@ -592,7 +593,22 @@ def load_stack(directory: str | Path, expect: ModelSpec | None = None) -> tuple[
         raise DriftJaxError(f"checkpoint {directory}: cannot restore the arrays in {state.name}/ "
                             f"as the {spec.arch} of its stack.json ({type(e).__name__}: "
                             f"{str(e)[:200]}); {fix}") from e
+    mismatch = _first_shape_mismatch(abstract, variables)
+    if mismatch:  # orbax restores the stored shapes whatever stack.json says
+        raise DriftJaxError(f"checkpoint {directory}: cannot restore the arrays in {state.name}/ "
+                            f"as the {spec.arch} of its stack.json ({mismatch}; stack.json and "
+                            f"the arrays disagree on the image shape, classes or members); {fix}")
     return spec, variables, meta["metadata"]
+
+
+def _first_shape_mismatch(expected, restored) -> str | None:
+    """The first array whose restored shape is not the one the spec implies, in words."""
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                 jax.tree.leaves(restored)):
+        if tuple(want.shape) != tuple(got.shape):
+            return (f"{jax.tree_util.keystr(path)} has shape {tuple(got.shape)}, expected "
+                    f"{tuple(want.shape)}")
+    return None
 
 
 def _spec_from_json(data: dict, path: Path, fix: str) -> ModelSpec:

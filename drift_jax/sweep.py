@@ -69,6 +69,10 @@ class SweepConfig:
             if not isinstance(values, list | tuple) or not values:
                 raise DriftJaxError(f"sweep grid {key!r}: give a non-empty list of values, "
                                     f"got {values!r}.")
+        repeated = _repeated_names(self.grid)
+        if repeated:  # one key's values would replace the other's at every point
+            raise DriftJaxError(f"the sweep grid sweeps {', '.join(repeated)} under more than one "
+                                "key; sweep each config key under one grid key.")
 
 
 def load(path: str | Path) -> SweepConfig:
@@ -87,12 +91,60 @@ def parse_grid(items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not text:
             raise DriftJaxError(f"--grid {item!r} must look like key=v1,v2 (e.g. seed=0,1,2).")
-        try:
-            values = json.loads(f"[{text}]")
-        except json.JSONDecodeError:
-            values = [v.strip() for v in text.split(",")]
-        grid[key] = values
+        key = key.strip()
+        repeated = _repeated_names([*grid, key])
+        if repeated:
+            raise DriftJaxError(f"--grid gives {', '.join(repeated)} more than once; give one "
+                                "--grid per key with all its values (e.g. seed=0,1,2).")
+        grid[key] = _grid_values(text)
     return grid
+
+
+def merge_grids(from_file: dict, from_flags: dict) -> dict:
+    """A sweep file's grid and the --grid flags together; a key swept by both is refused (one
+    set of values would be dropped)."""
+    both = _repeated_names([*from_file, *from_flags])
+    if both:
+        raise DriftJaxError(f"{', '.join(both)} is swept both by the sweep file's grid and by "
+                            "--grid; give its values in one place.")
+    return {**from_file, **from_flags}
+
+
+def check_set_not_swept(overrides: list[str], grid: dict) -> None:
+    """A --set key that the grid also sweeps would be replaced at every point: refused."""
+    swept = {n for k in grid for n in _grid_names(k)}
+    both = sorted({item.partition("=")[0].strip() for item in overrides} & swept)
+    if both:
+        raise DriftJaxError(f"{', '.join(both)} is both set by --set and swept by the grid, "
+                            "which would replace the --set value at every point; give it in "
+                            "one place.")
+
+
+def _grid_names(key: str) -> list[str]:
+    """The config keys of a grid key (keys joined by commas move together)."""
+    return [name.strip() for name in key.split(",")]
+
+
+def _repeated_names(grid_keys) -> list[str]:
+    """The config keys that more than one of ``grid_keys`` sweeps (or one of them twice)."""
+    counts = collections.Counter(n for key in grid_keys for n in _grid_names(key))
+    return sorted(name for name, count in counts.items() if count > 1)
+
+
+def _grid_values(text: str) -> list:
+    """``0,1,2`` -> [0, 1, 2]; values that are not JSON stay strings, each on its own, so that
+    ``1,two`` gives [1, "two"] and the config names ``two`` as the bad value."""
+    try:
+        return json.loads(f"[{text}]")
+    except json.JSONDecodeError:
+        return [_json_or_string(v.strip()) for v in text.split(",")]
+
+
+def _json_or_string(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def points(sweep: SweepConfig) -> list[DetectConfig]:
@@ -126,23 +178,59 @@ def seed_groups(configs: list[DetectConfig]) -> list[list[DetectConfig]]:
     return list(groups.values())
 
 
+SLURM_ARRAY_VARIABLES = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                         "SLURM_ARRAY_TASK_COUNT")
+
+
 def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
     """Explicit values, else SLURM array variables, else (0, 1)."""
-    env = os.environ
-    if task_index is None and "SLURM_ARRAY_TASK_ID" in env:
-        low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        task_index = int(env["SLURM_ARRAY_TASK_ID"]) - low
-        if num_tasks is None:
-            num_tasks = int(env.get("SLURM_ARRAY_TASK_COUNT")
-                            or int(env["SLURM_ARRAY_TASK_MAX"]) - low + 1)
+    from_slurm = task_index is None and "SLURM_ARRAY_TASK_ID" in os.environ
+    if from_slurm:
+        task_index, slurm_tasks = _slurm_array_task()
+        num_tasks = slurm_tasks if num_tasks is None else num_tasks
     task_index = 0 if task_index is None else task_index
     num_tasks = 1 if num_tasks is None else num_tasks
+    if from_slurm and not 0 <= task_index < num_tasks:
+        raise DriftJaxError(f"the SLURM array variables ({_slurm_values()}) give task index "
+                            f"{task_index} of {num_tasks} task(s), which is no task; fix or "
+                            "unset them, or pass --task-index and --num-tasks.")
     if num_tasks < 1:
         raise DriftJaxError(f"--num-tasks must be >= 1, got {num_tasks}.")
     if not 0 <= task_index < num_tasks:
         raise DriftJaxError(f"task index {task_index} is outside 0..{num_tasks - 1}; "
                             "--task-index counts from 0 and must be below --num-tasks.")
     return task_index, num_tasks
+
+
+def _slurm_array_task() -> tuple[int, int | None]:
+    """This task's index and the number of tasks from the SLURM array variables (the index
+    counts from SLURM_ARRAY_TASK_MIN, 0 when unset); malformed or incomplete ones are named."""
+    low = _slurm_int("SLURM_ARRAY_TASK_MIN", 0)
+    index = _slurm_int("SLURM_ARRAY_TASK_ID") - low
+    if "SLURM_ARRAY_TASK_COUNT" in os.environ:
+        return index, _slurm_int("SLURM_ARRAY_TASK_COUNT")
+    if "SLURM_ARRAY_TASK_MAX" in os.environ:
+        return index, _slurm_int("SLURM_ARRAY_TASK_MAX") - low + 1
+    raise DriftJaxError("SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor "
+                        "SLURM_ARRAY_TASK_MAX is, so the number of tasks is unknown; pass "
+                        "--num-tasks, or unset SLURM_ARRAY_TASK_ID outside an array job.")
+
+
+def _slurm_int(name: str, default: int | None = None) -> int:
+    """A SLURM array variable as an integer; a malformed one is named."""
+    text = os.environ.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise DriftJaxError(f"the environment variable {name}={text!r} is not an integer; fix "
+                            "or unset it, or pass --task-index and --num-tasks.") from None
+
+
+def _slurm_values() -> str:
+    return ", ".join(f"{name}={os.environ[name]}" for name in SLURM_ARRAY_VARIABLES
+                     if name in os.environ)
 
 
 def task_share(groups: list, task_index: int, num_tasks: int) -> list:

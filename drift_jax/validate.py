@@ -73,9 +73,11 @@ def read_json(path: str | os.PathLike, schema: dict | None, what: str, fix: str,
         raise DriftJaxError(f"{what} {path} {problem}; {fix}")
 
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_object_with_unique_keys)
     except FileNotFoundError:
         fail("does not exist")
+    except RepeatedKeyError as e:
+        fail(f"gives the key {e.key!r} more than once (JSON would keep only the last value)")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         fail(f"is unreadable or not valid JSON ({e})")
     if not isinstance(data, dict):
@@ -85,6 +87,23 @@ def read_json(path: str | os.PathLike, schema: dict | None, what: str, fix: str,
     problem = schema_problem(data, schema, optional)
     if problem:
         fail(problem)
+    return data
+
+
+class RepeatedKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_with_unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different: a repeated key is a value that would be
+    silently dropped."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise RepeatedKeyError(key)
+        data[key] = value
     return data
 
 

@@ -71,6 +71,18 @@ def files(tmp_path_factory):
     stack.save_stack(root / "resnet", spec, stack.init_stack(
         spec, jax.random.split(jax.random.key(0), 1)))
     (root / "empty").mkdir()
+    # A stack of two SeedCNNs of digits' shape: not a production model (that is one model).
+    spec = ModelSpec("seedcnn", 10, (8, 8, 1))
+    stack.save_stack(root / "seedcnn2", spec, stack.init_stack(
+        spec, jax.random.split(jax.random.key(0), 2)))
+    # IDX files that hold no images.
+    (root / "idx0").mkdir()
+    header = np.array([0x803, 0, 28, 28], ">i4").tobytes()
+    (root / "idx0" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    empty_labels = np.array([0x801, 0], ">i4").tobytes()
+    (root / "idx0" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(empty_labels))
+    (root / "repeated.json").write_text('{"controls": 3, "controls": 5}')
+    (root / "sweep.json").write_text('{"grid": {"seed": [0, 1]}}')
     return root
 
 
@@ -130,6 +142,44 @@ CLI_CASES = [
     ("sweep-task-range", ["sweep", "--task-index", "3", "--num-tasks", "2", "--out", "{out}"],
      "outside 0..1"),
     ("report-empty", ["report", "{d}/empty"], "no finished runs"),
+    # Every given value is used or refused.
+    ("spec-repeated-option", ["data", "info", "synthetic?n=100&n=200"],
+     "option n is given twice"),
+    ("spec-boolean", ["data", "info", "idx:{d}/idx?transpose=maybe"], "is not a boolean"),
+    ("mitigate-empty-strategies", ["mitigate", "--run", "{d}/empty", "--strategies", "",
+                                   "--out", "{out}"], "--strategies '' has an empty name"),
+    ("mitigate-empty-classes", ["mitigate", "--run", "{d}/empty", "--classes", "",
+                                "--out", "{out}"], "--classes '' has an empty name"),
+    ("sweep-grid-repeated", ["sweep", "--grid", "seed=0,1", "--grid", "seed=2", "--out",
+                             "{out}"], "one --grid per key"),
+    ("sweep-grid-value", ["sweep", "--grid", "seed=1,two", "--out", "{out}"],
+     "expected int, got 'two'"),
+    ("sweep-set-and-grid", ["sweep", "--set", "seed=3", "--grid", "seed=0,1", "--out", "{out}"],
+     "both set by --set and swept by the grid"),
+    ("sweep-file-and-grid", ["sweep", "{d}/sweep.json", "--grid", "seed=2", "--out", "{out}"],
+     "swept both by the sweep file's grid and by --grid"),
+    ("mitigate-empty-class-list", ["mitigate", "--run", "{d}/empty", "--set", "classes=[]",
+                                   "--out", "{out}"], "classes is an empty list"),
+    ("flag-and-set", ["train", "--seed", "1", "--set", "seed=2", "--out", "{out}"],
+     "seed is given more than once"),
+    ("config-repeated-key", ["detect", "--config", "{d}/repeated.json", "--out", "{out}"],
+     "gives the key 'controls' more than once"),
+    ("production-model-scenario", ["detect", "--production-model", "{d}/seedcnn2", "--scenario",
+                                   "label_swap", "--out", "{out}"], "would not be applied"),
+    ("production-model-stack", ["detect", "--production-model", "{d}/seedcnn2", *TINY,
+                                "--out", "{out}"], "is a stack of 2 models"),
+    ("swap-with-itself", ["detect", "--set", "scenario_params.a=1", "--set",
+                          "scenario_params.b=1", *TINY, "--out", "{out}"],
+     "swapping a class with itself changes nothing"),
+    # One line for every failure a user can cause.
+    ("idx-no-images", ["data", "info", "idx:{d}/idx0"], "holds no images"),
+    ("per-class", ["data", "info", "digits", "--per-class", "0", "--out", "{out}"],
+     "--per-class must be >= 1"),
+    ("image-too-small", ["train", "--data", "synthetic?n=120&classes=3&size=3", "--out", "{out}"],
+     "seedcnn needs images of at least 4x4 pixels"),
+    ("argparse", ["train", "--epochs", "three", "--out", "{out}"],
+     "argument --epochs: invalid int value: 'three'"),
+    ("argparse-missing", ["mitigate", "--out", "{out}"], "required: --run"),
 ]
 
 
@@ -143,6 +193,63 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(case, argv, message, 
     assert len(err) == 1 and err[0].startswith("drift-jax: error: "), err
     assert message in err[0]
     assert not out.exists()  # nothing half written
+
+
+def test_help_still_prints_the_usage(capsys):
+    assert cli.main(["detect", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: drift-jax detect")
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("drift-jax: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SLURM_ARRAY_TASK_ID": "three", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "SLURM_ARRAY_TASK_ID='three' is not an integer"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": ""},
+     "SLURM_ARRAY_TASK_COUNT='' is not an integer"),
+    ({"SLURM_ARRAY_TASK_ID": "1"}, "neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX"),
+    ({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3"},
+     "give task index 9 of 4 task(s)"),
+], ids=["malformed", "empty", "incomplete", "inconsistent"])
+def test_slurm_array_variables_that_are_malformed_or_incomplete_are_named(
+        env, message, monkeypatch, tmp_path, capsys):
+    from drift_jax import sweep
+
+    for name in sweep.SLURM_ARRAY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["sweep", "--quiet", "--out", str(tmp_path / "sweep")]) == 2
+    assert message in _one_line(capsys)
+    assert not (tmp_path / "sweep").exists()
+
+
+SLURM_STEP = {"SLURM_JOB_ID": "12", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTASKS": "2",
+              "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"SLURM_STEP_NODELIST": None}, "SLURM_STEP_NODELIST is not set"),
+    ({"SLURM_NTASKS": "two"}, "SLURM_NTASKS='two' is not an integer"),
+    ({"SLURM_STEP_NODELIST": " "}, "SLURM_STEP_NODELIST is empty"),
+    ({"SLURM_PROCID": "2"}, "SLURM_PROCID=2 is not a task of SLURM_NTASKS=2"),
+], ids=["incomplete", "malformed", "empty", "inconsistent"])
+def test_slurm_job_variables_are_checked_before_jax_reads_them(change, message, monkeypatch):
+    from drift_jax import devices
+
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *a, **k: pytest.fail("reached jax.distributed.initialize"))
+    for name, value in {**SLURM_STEP, **change}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(DriftJaxError, match=re.escape(message)):
+        devices.initialize_distributed()
 
 
 def _spec():
@@ -219,8 +326,12 @@ def test_divergence_names_the_member_and_the_steps():
         inversion.invert(_spec(), poisoned, [0, 1], cfg, jax.random.key(0), progress=False)
 
 
+# Cases tested by their own functions above (environment variables, not arguments).
+OTHER_CASES = ["slurm-array", "slurm-job", "help"]
+
+
 def test_the_catalogue_is_documented_and_large_enough():
-    cases = [c[0] for c in CLI_CASES + API_CASES]
+    cases = [c[0] for c in CLI_CASES + API_CASES] + OTHER_CASES
     assert len(cases) >= 25 and len(set(cases)) == len(cases)
     doc = DOC.read_text()
     missing = [c for c in cases if f"`{c}`" not in doc]

@@ -1,5 +1,7 @@
 import gzip
 import io
+import os
+import re
 import tarfile
 
 import numpy as np
@@ -157,6 +159,117 @@ def test_folder_archive_refuses_escaping_members(tmp_path, name):
         data.folder(archive)
 
 
+def _bmp_bytes(array):
+    """BMP is uncompressed: two images of one shape have one file size, whatever the pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def _bmp_folder(root, value=0):
+    for c in ("cat", "dog"):
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            (root / "train" / c / f"{i}.bmp").write_bytes(
+                _bmp_bytes(np.full((8, 8), value + i, np.uint8)))
+
+
+def test_folder_cache_is_keyed_by_content_not_by_names_sizes_and_mtimes(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    _bmp_folder(root, value=10)
+    first = data.load(f"folder:{root}")
+    # Every file replaced by another image of the same name and size, its mtime put back.
+    for path in sorted(root.rglob("*.bmp")):
+        st = path.stat()
+        other = _bmp_bytes(np.full((8, 8), 200, np.uint8))
+        assert len(other) == st.st_size
+        path.write_bytes(other)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert path.stat().st_mtime_ns == st.st_mtime_ns
+    second = data.load(f"folder:{root}")
+    assert (first.images < 20).all() and (second.images == 200).all()  # decoded afresh
+    # An unchanged folder is not read again to be fingerprinted: the digests are remembered.
+    hashed = []
+    real_sha256 = sources._sha256
+    monkeypatch.setattr(sources, "_sha256", lambda p: hashed.append(p) or real_sha256(p))
+    third = data.load(f"folder:{root}")
+    np.testing.assert_array_equal(third.images, second.images)
+    assert hashed == []
+    path = root / "train" / "dog" / "1.bmp"  # one file changes: only it is hashed again
+    path.write_bytes(_bmp_bytes(np.full((8, 8), 99, np.uint8)))
+    assert data.load(f"folder:{root}").images[-1, 0, 0, 0] == 99
+    assert hashed == [path]
+
+
+def test_folder_decoded_size_is_estimated_before_decoding(tmp_path, monkeypatch):
+    """Many small images, each far under the per-image cap, that would not fit decoded: refused
+    from their headers, before any is decoded."""
+    from drift_jax import validate
+
+    root = tmp_path / "root"
+    _bmp_folder(root)
+    monkeypatch.setattr(validate, "available_host_bytes", lambda: 200)  # 4 x 64 pixels do not fit
+    monkeypatch.setattr(sources, "_decode_chunk", lambda items: pytest.fail("decoded"))
+    with pytest.raises(DriftJaxError, match="decoding the 4 images of .* of host memory"):
+        data.load(f"folder:{root}?cache=0")
+
+
+@pytest.mark.parametrize("modes", [("L", "LA", "1"), ("1", "1"), ("LA", "L")])
+def test_folder_of_grayscale_modes_is_grayscale(tmp_path, modes):
+    """1-bit and grayscale-with-alpha PNGs are grayscale, not a mix of grayscale and colour."""
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i, mode in enumerate(modes):
+            buf = io.BytesIO()
+            Image.new(mode, (8, 8), (255, 128) if mode == "LA" else 255).save(buf, format="PNG")
+            (tmp_path / "train" / c / f"{i}.png").write_bytes(buf.getvalue())
+    ds = data.load(f"folder:{tmp_path}?cache=0")
+    assert ds.images.shape == (2 * len(modes), 8, 8, 1) and (ds.images == 255).all()
+
+
+def test_a_full_cache_disk_names_the_cache_path(tmp_path, monkeypatch):
+    """A real full disk (a 64 KiB tmpfs as the cache, where the machine lets the tests mount
+    one), else an injected one: one error naming the cache folder, and no half entry."""
+    import errno
+    import shutil
+    import subprocess
+
+    cache = tmp_path / "small-disk"
+    cache.mkdir()
+    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)],
+        capture_output=True).returncode == 0
+    try:
+        if not mounted:  # not root: the same failure, injected where the cache writes
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(sources, "atomic_save_npy", full)
+        monkeypatch.setenv("DRIFT_JAX_CACHE", str(cache))
+        root = tmp_path / "root"
+        for c in ("a", "b"):
+            (root / "train" / c).mkdir(parents=True)
+            for i in range(2):  # 2 x 2 x 128 x 128 x 3 bytes decoded: more than the 64 KiB
+                (root / "train" / c / f"{i}.png").write_bytes(
+                    _png_bytes(np.full((128, 128, 3), i, np.uint8)))
+        with pytest.raises(DriftJaxError, match=f"cannot write the decoded-image cache at "
+                                                f"{re.escape(str(cache))}.*No space left on "
+                                                "device.*cache=0"):
+            data.load(f"folder:{root}")
+        assert not list((cache / "folder").glob("*/meta.json"))
+        assert data.load(f"folder:{root}?cache=0").images.shape == (4, 128, 128, 3)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(cache)], check=True)
+
+
+def test_idx_files_with_no_images_are_named(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(0, np.uint8))
+    with pytest.raises(DriftJaxError, match="holds no images"):
+        data.load(f"idx:{tmp_path}")
+
+
 def test_folder_real_cifar10_test_split():
     ds = data.load(f"folder:{require_local_copy('cifar10', 'test')}?split=test")
     assert ds.images.shape == (10000, 32, 32, 3)
@@ -276,6 +389,9 @@ def test_local_data_dir_that_is_not_a_folder_is_refused(tmp_path, monkeypatch):
     ("synthetic?n=abc", "not a valid int"),
     ("folder:/no/such/place", "does not exist"),
     ("tfds:mnist?bogus=1", "unknown option 'bogus'"),
+    ("synthetic?n=100&n=200", "option n is given twice"),  # not: the last one wins
+    ("idx:/no/such/place?transpose=maybe", "is not a boolean; use 1, 0, true or false"),
+    ("folder:/no/such/place?cache=yes", "is not a boolean"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(DriftJaxError, match=message):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -171,6 +172,17 @@ def test_memory_is_estimated_before_allocating(tmp_path, override, fix):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("attack", ["shadow", "lira"])
+def test_shadow_models_are_in_the_memory_estimate(tmp_path, attack):
+    """The attacks that train shadow models: refused before the run's models train, not after
+    training and inversion."""
+    _one_line_error(*_cli(["detect", "--quiet", "--set", f'attacks=["rule_based","{attack}"]',
+                           "--set", "num_shadows=100000000", "--out", str(tmp_path / "run")],
+                          env=NO_TRAINING), "training 100000000 shadow models",
+                    "lower num_shadows", attack)
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_and_training_sizes_are_estimated_too(tmp_path):
     _one_line_error(*_cli(["data", "info", "synthetic?n=100000000000"]), "memory", "lower n")
     _one_line_error(*_cli(["train", "--models", "1000000000", "--out", str(tmp_path / "t")]),
@@ -223,6 +235,13 @@ def _checkpoint(tmp_path):
     (lambda t: json.dumps({**json.loads(t), "extra": 1}), "unknown keys extra"),
     (lambda t: json.dumps({**json.loads(t), "spec": {**json.loads(t)["spec"], "arch": "resnet"}}),
      "cannot restore the arrays"),
+    (lambda t: json.dumps({**json.loads(t), "spec": {**json.loads(t)["spec"],
+                                                      "image_shape": [16, 16, 1]}}),
+     r"cannot restore the arrays.*\['Dense_0'\]\['kernel'\] has shape \(1, 256, 128\), "
+     r"expected \(1, 1024, 128\)"),
+    (lambda t: json.dumps({**json.loads(t), "spec": {**json.loads(t)["spec"], "num_classes": 5}}),
+     "cannot restore the arrays.*expected \\(1, 5\\)"),
+    (lambda t: json.dumps({**json.loads(t), "num_members": 2}), "cannot restore the arrays"),
     (lambda t: json.dumps({**json.loads(t), "num_members": "two"}), "expected int"),
     (lambda t: "[1, 2]", "not an object"),
 ])
@@ -250,6 +269,90 @@ def test_a_damaged_report_is_named(tmp_path, content):
     (run / "report.json").write_text(content)
     rc, err = _cli(["report", str(tmp_path / "sweep")])
     _one_line_error(rc, err, "report.json", "delete its run folder")
+
+
+SMALL_DETECT = ['base="synthetic?n=400&classes=4&size=8"', "controls=3", "train.epochs=2",
+                "inversion.samples_per_class=2", "inversion.miface.max_iter=20",
+                "permutations=50", "attack_fit_size=100", 'attacks=["rule_based"]']
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A small finished detect run, written once; tests edit copies of it."""
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import DetectConfig, detect_drift
+    from drift_jax.report import write_report
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    write_report(detect_drift(with_overrides(DetectConfig(), SMALL_DETECT), progress=False), out)
+    return out
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _cli_line(capsys, argv) -> str:
+    """One in-process command that must fail: its one error line."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("drift-jax: error: "), err
+    return err[0]
+
+
+def test_a_mitigation_folder_inside_a_run_is_not_read_as_a_run(finished_run, tmp_path, capsys):
+    """`detect --mitigate` writes RUN/mitigation/report.json: `report RUN` summarises the run
+    and does not advise deleting it; pointed at the mitigation folder, it says what that is."""
+    from drift_jax.files import atomic_write_json
+    from drift_jax.mitigate import MitigationReport
+
+    run = _copy_run(finished_run, tmp_path)
+    mitigation = MitigationReport(str(run), ["class_0"], ["class_0", "class_1"], [], None,
+                                  "no candidate", "labels", 0.05, {}, {}, ["class_0"], {})
+    atomic_write_json(run / "mitigation" / "report.json", mitigation.to_json())
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "tables")]) == 0
+    assert "1 run(s)" in capsys.readouterr().out
+    line = _cli_line(capsys, ["report", str(run / "mitigation"), "--out",
+                              str(tmp_path / "tables2")])
+    assert "mitigation report" in line and "delete" not in line
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r["attacks"]["rule_based"].update(p_value="low"),
+    lambda r: r["attacks"]["rule_based"]["seed_rule"].update(is_drift="yes"),
+    lambda r: r["baselines"]["mmd"].update(is_drift=1),
+    lambda r: r["accuracy"].update(base=[0.5]),
+], ids=["p-value", "seed-rule", "baseline", "accuracy"])
+def test_report_names_a_run_report_edited_below_its_top_level(finished_run, tmp_path, capsys,
+                                                              edit):
+    run = _copy_run(finished_run, tmp_path)
+    raw = json.loads((run / "report.json").read_text())
+    edit(raw)
+    (run / "report.json").write_text(json.dumps(raw))
+    line = _cli_line(capsys, ["report", str(run), "--out", str(tmp_path / "tables")])
+    assert f"run report {run / 'report.json'}" in line
+    assert "does not have the layout drift_jax writes" in line or "verdict" in line
+    assert not (tmp_path / "tables").exists()
+
+
+@pytest.mark.parametrize("config_edit, fragment", [
+    ({"controls": "many"}, "expected int"), ({"contrls": 3}, "unknown config key"),
+    ({"alpha": 7.0}, "alpha must be > 0 and < 1")])
+def test_mitigate_names_the_run_report_whose_config_was_edited(finished_run, tmp_path, capsys,
+                                                                config_edit, fragment):
+    """The error is the file's, not the command line's: it names report.json and says to run
+    detect again."""
+    run = _copy_run(finished_run, tmp_path)
+    raw = json.loads((run / "report.json").read_text())
+    raw["config"].update(config_edit)
+    (run / "report.json").write_text(json.dumps(raw))
+    line = _cli_line(capsys, ["mitigate", "--run", str(run), "--quiet", "--out",
+                              str(tmp_path / "m")])
+    assert f"run report {run / 'report.json'} holds a config" in line
+    assert fragment in line and "run detect again" in line
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_truncated_gray_file_is_named(tmp_path):

@@ -60,7 +60,16 @@ def none(images, labels, key, severity=0):
     return images.copy(), labels.copy()
 
 
+def _two_classes(scenario: str, action: str, a, b) -> None:
+    """A swap or relabel of a class with itself changes nothing: refused, not run as a drift."""
+    if a == b:
+        raise DriftJaxError(f"{scenario}: a and b are both class {a!r}, and {action} changes "
+                            "nothing; choose two different classes (scenario_params.a and "
+                            "scenario_params.b).")
+
+
 def label_swap(images, labels, key, severity=5, a=0, b=1):
+    _two_classes("label_swap", "swapping a class with itself", a, b)
     rng, f = _rng(key), _fraction(severity)
     out = labels.copy()
     out[_pick(rng, labels == a, f)] = b
@@ -69,6 +78,7 @@ def label_swap(images, labels, key, severity=5, a=0, b=1):
 
 
 def relabel(images, labels, key, severity=5, a=0, b=1):
+    _two_classes("relabel", "relabelling a class as itself", a, b)
     out = labels.copy()
     out[_pick(_rng(key), labels == a, _fraction(severity))] = b
     return images.copy(), out

@@ -142,6 +142,10 @@ def idx(directory: str | os.PathLike, prefix: str = "t10k", transpose: bool = Fa
                             "the folder that holds the IDX files.")
     images = _read_idx(_find_idx(directory, prefix, "images"), 3)
     labels = _read_idx(_find_idx(directory, prefix, "labels"), 1).astype(np.int32)
+    if images.size == 0:  # no image, or images of no pixels: nothing to learn from
+        raise DriftJaxError(f"idx: the images file in {directory} holds no images (shape "
+                            f"{images.shape}); download the IDX files again or set ?prefix= to "
+                            "the files that hold the data.")
     if images.shape[0] != labels.shape[0]:
         raise DriftJaxError(f"idx: {images.shape[0]} images but {labels.shape[0]} labels in "
                             f"{directory}; the two files do not belong together.")
@@ -193,6 +197,8 @@ def _read_cache(cached: Path, name: str) -> Dataset | None:
 # inputs are far smaller; a larger one is a mistake or a decompression bomb, refused unread.
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 4096 * 4096
+# Pillow modes read as one channel (alpha dropped); every other 8-bit mode is read as RGB.
+GRAYSCALE_MODES = ("1", "L", "LA", "La")
 
 
 def _decode(item: tuple[str, bytes]) -> np.ndarray:
@@ -215,7 +221,9 @@ def _decode(item: tuple[str, bytes]) -> np.ndarray:
                         raise DriftJaxError(
                             f"folder: {name} has {im.mode} pixels (16-bit or wider); convert "
                             "the images to 8-bit grayscale or RGB first.")
-                    im = im.convert("RGB")
+                    # 1-bit and grayscale-with-alpha images are grayscale: read as L, so that
+                    # a folder of them is not taken for a mix of grayscale and colour.
+                    im = im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB")
                 return np.asarray(im)
     except DriftJaxError:
         raise
@@ -276,32 +284,142 @@ def _archive_items(archive: Path, split: str | None):
                             "truncated.") from e
 
 
-def _directory_items(root: Path, split: str | None):
+def _check_file_size(path: Path, size: int) -> None:
+    if size > MAX_IMAGE_FILE_BYTES:
+        raise DriftJaxError(f"folder: {path} is {size:,} bytes, more than the "
+                            f"{MAX_IMAGE_FILE_BYTES:,} an image file may be; remove it.")
+
+
+def _image_files(root: Path):
+    """(relative path, path) of every image file under a folder, sorted."""
     for path in sorted(root.rglob("*")):
-        if path.is_file():
-            cls = _class_of(PurePosixPath(path.relative_to(root).as_posix()), split)
-            if cls is None:
-                continue
-            if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
-                raise DriftJaxError(f"folder: {path} is {path.stat().st_size:,} bytes, more than "
-                                    f"the {MAX_IMAGE_FILE_BYTES:,} an image file may be; remove "
-                                    "it.")
-            yield cls, str(path), path.read_bytes()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            yield PurePosixPath(path.relative_to(root).as_posix()), path
+
+
+def _directory_items(root: Path, split: str | None):
+    for relpath, path in _image_files(root):
+        cls = _class_of(relpath, split)
+        if cls is None:
+            continue
+        _check_file_size(path, path.stat().st_size)
+        yield cls, str(path), path.read_bytes()
+
+
+# --------------------------------------------------------------------------- decoded-image cache
+
+FINGERPRINT_VERSION = "v2"  # v1 keyed folders by names, sizes and mtimes
 
 
 def _fingerprint(path: Path, split: str | None) -> str:
-    """Content hash of an archive; for a directory, a hash of names, sizes and mtimes."""
-    h = hashlib.sha256(f"v1|{split}".encode())
+    """The decoded cache's key: the source's content, never its names and dates alone (a file
+    replaced by another of the same name, size and mtime must not be served from the cache). An
+    archive is its content hash; a folder, the relative path and content hash of each image
+    file."""
+    h = hashlib.sha256(f"{FINGERPRINT_VERSION}|{split}".encode())
     if path.is_file():
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(_content_digests(path, [("", path)], image_files=False)[0].encode())
     else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        files = list(_image_files(path))
+        for (relpath, _), digest in zip(files, _content_digests(path, files, image_files=True)):
+            h.update(f"{relpath}|{digest}\n".encode())
     return h.hexdigest()[:24]
+
+
+def _file_identity(path: Path) -> list[int]:
+    """What changes whenever a file's content may have: its inode, size, mtime and ctime. The
+    ctime is in because a user can restore an mtime (os.utime, touch -d) but not a ctime."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _content_digests(source: Path, files: list, image_files: bool) -> list[str]:
+    """The SHA-256 of each of ``files`` ((name, path) pairs of ``source``), read only when the
+    file's identity differs from the one remembered beside its digest in the cache, so an
+    unchanged source is not read again. ``image_files``: each is one image, held to the
+    per-image size cap before it is read."""
+    memo_path = _cache_dir() / "folder-digests" / (
+        hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:24] + ".json")
+    memo = _read_digest_memo(memo_path)
+    fresh, digests = {}, []
+    for name, path in files:
+        identity = _file_identity(path)
+        if image_files:
+            _check_file_size(path, identity[2])  # a bomb is refused unread, not hashed
+        known = memo.get(str(name))
+        digest = known[1] if known and known[0] == identity else _sha256(path)
+        fresh[str(name)] = [identity, digest]
+        digests.append(digest)
+    if fresh != memo:
+        _write_to_cache(memo_path, lambda: atomic_write_json(memo_path, fresh, indent=None))
+    return digests
+
+
+def _read_digest_memo(path: Path) -> dict:
+    """The remembered {name: [identity, digest]} of a source; empty when missing or damaged
+    (then every file is hashed afresh)."""
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_to_cache(where: Path, write) -> None:
+    """Runs ``write``; a failure (a full disk, a permission) is one error naming the cache
+    folder and the ways around it."""
+    try:
+        write()
+    except OSError as e:
+        raise DriftJaxError(f"cannot write the decoded-image cache at {where} "
+                            f"({e.strerror or e}); free space there, point DRIFT_JAX_CACHE at "
+                            "another folder, or add ?cache=0 to the data spec.") from e
+
+
+def _save_to_cache(cached: Path, dataset: Dataset) -> None:
+    def write():
+        try:
+            atomic_save_npy(cached / "images.npy", dataset.images)
+            atomic_save_npy(cached / "labels.npy", dataset.labels)
+            atomic_write_json(cached / "meta.json", {"class_names": list(dataset.class_names),
+                                                     "source": dataset.name})
+        except OSError:
+            shutil.rmtree(cached, ignore_errors=True)  # no half entry (meta.json comes last)
+            raise
+
+    _write_to_cache(cached, write)
+
+
+def _decoded_bytes(payload: list[tuple[str, bytes]]) -> int:
+    """The bytes the images will take decoded, from their headers alone (Pillow reads no pixel
+    data on opening). An unreadable header counts nothing: the decoder names that file."""
+    from PIL import Image
+
+    total = 0
+    for _, data in payload:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                total += im.width * im.height * (1 if im.mode in GRAYSCALE_MODES else 3)
+        except Exception:  # any header Pillow cannot read: the decoder names the file
+            continue
+    return total
+
+
+def check_decoding_memory(path: Path, payload: list[tuple[str, bytes]]) -> None:
+    """Refuses, before decoding, a folder whose images would not fit once decoded: the decoded
+    images, their stacked copy and the cache's serialised copy (each image may pass the
+    per-image pixel cap while the folder as a whole does not fit)."""
+    validate.check_memory(3.0 * _decoded_bytes(payload), f"decoding the {len(payload):,} images "
+                          f"of {path}", "use a smaller folder or split, or a machine with more "
+                          "memory", device=False)
 
 
 def folder(path: str | os.PathLike, split: str | None = "train", workers: int | None = None,
@@ -309,17 +427,16 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     """ImageFolder data, ``root/split/class/*.jpg|png``, from a directory or a .tar(.gz) of one.
 
     Decoded once with Pillow on all cores, then cached as .npy under ``$DRIFT_JAX_CACHE``
-    (default ``~/.cache/drift_jax``), keyed by a hash of the source. Classes are the sorted
-    class-folder names. ``split=None`` reads ``root/class/*`` directly.
+    (default ``~/.cache/drift_jax``), keyed by the content of the source (`_fingerprint`).
+    Classes are the sorted class-folder names. ``split=None`` reads ``root/class/*`` directly.
     """
     path = Path(path)
     if not path.exists():
         raise DriftJaxError(f"folder: {path} does not exist; pass folder:PATH with an ImageFolder "
                             "directory or a .tar.gz of one.")
-    key = _fingerprint(path, split)
-    cached = _cache_dir() / "folder" / key
     name = f"folder:{path}?split={split}"
-    if cache and (hit := _read_cache(cached, name)) is not None:
+    cached = _cache_dir() / "folder" / _fingerprint(path, split) if cache else None
+    if cached is not None and (hit := _read_cache(cached, name)) is not None:
         return hit
     items = list(_archive_items(path, split) if path.is_file() else _directory_items(path, split))
     if not items:
@@ -330,6 +447,7 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     class_index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([class_index[cls] for cls, _, _ in items], np.int32)
     payload = [(nm, data) for _, nm, data in items]
+    check_decoding_memory(path, payload)
     workers = workers or os.cpu_count() or 1
     chunk = max(1, len(payload) // (workers * 8))
     chunks = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
@@ -345,10 +463,8 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     if images.ndim == 3:
         images = images[..., None]
     dataset = Dataset(images.astype(np.uint8, copy=False), labels, class_names, name)
-    if cache:
-        atomic_save_npy(cached / "images.npy", dataset.images)
-        atomic_save_npy(cached / "labels.npy", dataset.labels)
-        atomic_write_json(cached / "meta.json", {"class_names": list(class_names), "source": name})
+    if cached is not None:
+        _save_to_cache(cached, dataset)
     return dataset
 
 
@@ -494,6 +610,10 @@ def tfds_or_local_copy(name: str, split: str = "train", data_dir: str | None = N
 # --------------------------------------------------------------------------- specs
 
 
+# What a boolean option accepts; anything else is refused rather than read as false.
+BOOLEAN_WORDS = {"1": True, "true": True, "0": False, "false": False}
+
+
 def _parse_options(query: str, allowed: dict[str, type], spec: str) -> dict:
     options = {}
     for pair in filter(None, query.split("&")):
@@ -501,13 +621,24 @@ def _parse_options(query: str, allowed: dict[str, type], spec: str) -> dict:
         if not sep or key not in allowed:
             raise DriftJaxError(f"data spec {spec!r}: unknown option {key!r}; allowed: "
                                 f"{', '.join(sorted(allowed)) or 'none'}.")
-        kind = allowed[key]
-        try:
-            options[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        except ValueError as e:
-            raise DriftJaxError(f"data spec {spec!r}: option {key}={value!r} is not a valid "
-                                f"{kind.__name__}.") from e
+        if key in options:
+            raise DriftJaxError(f"data spec {spec!r}: option {key} is given twice; give each "
+                                "option once.")
+        options[key] = _option_value(spec, key, value, allowed[key])
     return options
+
+
+def _option_value(spec: str, key: str, value: str, kind: type):
+    if kind is bool:
+        if value.lower() not in BOOLEAN_WORDS:
+            raise DriftJaxError(f"data spec {spec!r}: option {key}={value!r} is not a boolean; "
+                                "use 1, 0, true or false.")
+        return BOOLEAN_WORDS[value.lower()]
+    try:
+        return kind(value)
+    except ValueError as e:
+        raise DriftJaxError(f"data spec {spec!r}: option {key}={value!r} is not a valid "
+                            f"{kind.__name__}.") from e
 
 
 def load(spec: str) -> Dataset:

@@ -80,7 +80,7 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
                            production) for s in seeds]
         production_model = None
         if config.production_model:  # checked before any training
-            production_model = stack.load_stack(config.production_model, expect=spec)[1]
+            production_model = load_production_model(config.production_model, spec)
         data = StackedData.build(pool, plans)
     with clock("train"):
         key = cache_key(config, seeds) if cache is not None else None
@@ -106,6 +106,19 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
             for g, (plan, f) in enumerate(zip(plans, fields))]
 
 
+def load_production_model(path: str, spec: ModelSpec) -> dict:
+    """The given production model: a checkpoint of one model of the data's architecture. A
+    stack of several is refused rather than cut to its first member."""
+    production_model = stack.load_stack(path, expect=spec)[1]
+    members = stack.stack_size(production_model)
+    if members != 1:
+        raise DriftJaxError(f"production model {path} is a stack of {members} models, and a "
+                            "production model is one; save the member you mean alone "
+                            "(stack.save_stack with stack.member(variables, [i])), or train it "
+                            "with `drift-jax train --models 1`.")
+    return production_model
+
+
 def run_splits(plan: SeedPlan, production_rows: np.ndarray) -> dict[str, np.ndarray]:
     """The seed's index arrays as a run folder stores them: the splits into the pool and each
     control's training rows [M, n] (rows past the pool are the production data's)."""
@@ -117,10 +130,19 @@ def run_splits(plan: SeedPlan, production_rows: np.ndarray) -> dict[str, np.ndar
 
 def check_memory(config: DetectConfig, num_seeds: int, spec: ModelSpec, pool_size: int) -> None:
     """The run's largest allocations, estimated before any work: the inversion of every model,
-    the stack's training, and the per-attack permutation tests (base vs production gray data)."""
+    the training of every model it trains (the shadow models of the attacks that need them
+    included, trained while the run's models are kept), and the per-attack permutation tests
+    (base vs production gray data)."""
     models = num_seeds * (2 + config.controls)
     inversion.check_memory(spec, models, spec.num_classes, config.inversion)
     stack.check_training_memory(spec, models, config.train.batch_size, 1, "vmap", pool_size)
+    shadow_attacks = [a for a in config.attacks if membership.ATTACKS[a].needs_shadows]
+    if shadow_attacks:
+        stack.check_training_memory(
+            spec, num_seeds * config.num_shadows, config.train.batch_size, 1, "vmap", pool_size,
+            held_models=models, what="shadow models",
+            fix=f"lower num_shadows, or leave out {', '.join(shadow_attacks)} (the attacks that "
+                "train shadow models)")
     samples = 2 * config.inversion.samples_per_class * spec.num_classes
     validate.check_memory(4.0 * num_seeds * config.permutations * samples, f"permutation tests of "
                           f"{config.permutations} permutations", "lower permutations")
