@@ -25,13 +25,17 @@ def _add_data_info(sub) -> None:
 
 
 def _data_info(args) -> int:
-    from drift_jax import data, figures
+    from drift_jax import data, figures, validate
 
+    if args.out:  # before the data is read: the picture must not land on or in it
+        out = validate.resolved(args.out)
+        validate.check_apart(out, [validate.Input(path, f"the data of {args.spec}")
+                                   for path in data.spec_paths(args.spec)])
     dataset = data.load(args.spec)
     summary = dataset.summary()
     print(json.dumps(summary, indent=2))
     if args.out:
-        figures.dataset_grid(args.out, dataset.images, dataset.labels, dataset.class_names,
+        figures.dataset_grid(out, dataset.images, dataset.labels, dataset.class_names,
                              args.per_class, dataset.name)
         print(f"wrote {args.out}")
     return 0
@@ -117,7 +121,8 @@ def _invert(args) -> int:
     from drift_jax import faults, figures, inversion, stack, validate
     from drift_jax.files import atomic_folder, atomic_write_json
 
-    out = validate.output_folder(args.out, args.overwrite)
+    out = validate.output_folder(args.out, args.overwrite, inputs=[
+        validate.Input(args.checkpoint, "the --checkpoint")])
     if args.seed < 0:
         raise DriftJaxError(f"--seed must be >= 0, got {args.seed}.")
     cfg = inversion.InversionConfig()
@@ -140,7 +145,7 @@ def _invert(args) -> int:
                "mean_confidence_per_class": dict(zip(names, gray.confidence.mean((0, 2))
                                                      .tolist())),
                "steps_taken_mean": float(np.mean(gray.active_steps))}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, args.overwrite) as tmp:
         atomic_write_json(tmp / "config.json", {"checkpoint": str(args.checkpoint),
                                                 "classes": classes, "seed": args.seed,
                                                 "inversion": config_lib.to_dict(cfg)})
@@ -186,7 +191,6 @@ def _detect(args) -> int:
     from drift_jax.detect import DetectConfig, detect_drift
     from drift_jax.report import summary_lines, write_report
 
-    validate.output_folder(args.out, args.overwrite)
     cfg = config_lib.load_json(DetectConfig, args.config) if args.config else DetectConfig()
     flags = {"base": args.base, "production": args.production,
              "production_model": args.production_model, "scenario": args.scenario,
@@ -195,11 +199,12 @@ def _detect(args) -> int:
         cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.set)
     if cfg.production_model and args.scenario is None:
         cfg = config_lib.with_overrides(cfg, ['scenario="none"'])
+    out = validate.output_folder(args.out, args.overwrite, inputs=validate.config_inputs(cfg))
     print(f"drift-jax detect: base {cfg.base}, production "
           f"{cfg.production or cfg.production_model or 'split off the base data'}, scenario "
           f"{cfg.scenario} (severity {cfg.severity}), {cfg.controls} control models", flush=True)
     report = detect_drift(cfg, progress=not args.quiet)
-    write_report(report, args.out)
+    write_report(report, out, args.overwrite)
     print("\n".join(summary_lines(report)))
     print(f"results in {args.out}/ (report.json, summary.md, figures/, gray.npz, models/)")
     if args.mitigate:
@@ -207,7 +212,7 @@ def _detect(args) -> int:
             print("no drifted class flagged, so nothing to mitigate; to mitigate chosen classes "
                   f"run: drift-jax mitigate --run {args.out} --classes NAME,NAME --out DIR")
             return 0
-        return _run_mitigation(args.out, Path(args.out) / "mitigation", [], [], args.quiet)
+        return _run_mitigation(out, out / "mitigation", [], [], args.quiet)
     return 0
 
 
@@ -231,21 +236,39 @@ def _add_mitigate(sub) -> None:
 def _mitigate(args) -> int:
     from drift_jax import validate
 
-    validate.output_folder(args.out, args.overwrite)
+    out = validate.output_folder(args.out, args.overwrite, inputs=_run_inputs(args.run))
     lists = {"strategies": args.strategies, "classes": args.classes}
     flags = [f"{k}={json.dumps(v.split(','))}" for k, v in lists.items() if v]
-    return _run_mitigation(args.run, args.out, flags, args.set, args.quiet)
+    return _run_mitigation(args.run, out, flags, args.set, args.quiet, args.overwrite)
+
+
+def _run_inputs(run: str) -> list:
+    """What mitigate reads: the run folder (its mitigation/ may be written inside it, as
+    `detect --mitigate` does) and the data its config names."""
+    import types
+
+    from drift_jax import validate
+
+    inputs = [validate.Input(run, "the --run folder", holds_outputs=True)]
+    try:
+        config = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError):
+        return inputs  # reading the run names what is wrong with it
+    if isinstance(config, dict):
+        inputs += validate.config_inputs(types.SimpleNamespace(
+            **{k: config.get(k) for k in ("base", "production", "production_model")}))
+    return inputs
 
 
 def _run_mitigation(run: str | Path, out: str | Path, flags: list[str], overrides: list[str],
-                    quiet: bool) -> int:
+                    quiet: bool, overwrite: bool = False) -> int:
     from drift_jax import config as config_lib
     from drift_jax import mitigate as mitigate_lib
 
     cfg = config_lib.with_overrides(mitigate_lib.MitigateConfig(), flags + overrides)
     print(f"drift-jax mitigate: run {run}", flush=True)
     report = mitigate_lib.mitigate(run, cfg, progress=not quiet)
-    mitigate_lib.write_mitigation(report, out)
+    mitigate_lib.write_mitigation(report, out, overwrite)
     print("\n".join(mitigate_lib.summary_lines(report)))
     print(f"results in {out}/ (report.json, summary.md, figures/, model/)")
     return 0
@@ -294,13 +317,14 @@ def _add_report(sub) -> None:
                                       "run under a folder")
     p.add_argument("sweep_dir")
     p.add_argument("--out", help="default: SWEEP_DIR/report")
+    _add_overwrite(p)
     p.set_defaults(func=_report)
 
 
 def _report(args) -> int:
     from drift_jax import aggregate as report_lib
 
-    summary = report_lib.write(args.sweep_dir, args.out)
+    summary = report_lib.write(args.sweep_dir, args.out, args.overwrite)
     print(report_lib.markdown(summary["group_keys"], summary["methods"], summary["groups"]))
     print(f"{summary['runs']} run(s); tables and figures in "
           f"{args.out or Path(args.sweep_dir) / 'report'}/")

@@ -30,7 +30,7 @@ from drift_jax import data as data_lib
 from drift_jax import validate
 from drift_jax.detect import DetectConfig, detect_drift_seeds
 from drift_jax.errors import DriftJaxError
-from drift_jax.files import atomic_write_json
+from drift_jax.files import RunExists, atomic_write_json
 from drift_jax.report import write_report
 
 
@@ -156,7 +156,8 @@ def is_finished(run_dir: Path) -> bool:
 
 def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
     """Everything a sweep can refuse, refused before it writes anything: repeated points, and
-    an --out that is a file or a folder of something else."""
+    an --out that is a file, a folder of something else, or one that holds, is or lies inside
+    data or a checkpoint a point reads."""
     counts = collections.Counter(run_id(c) for c in configs)
     if max(counts.values(), default=1) > 1:
         repeated = next(c for c in configs if counts[run_id(c)] > 1)
@@ -164,6 +165,7 @@ def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
                             f"{repeated.seed}); list each value once.")
     if out.exists() and not out.is_dir():
         raise DriftJaxError(f"--out {out} is a file, not a folder; choose a folder path.")
+    validate.check_apart(out, [i for c in configs for i in validate.config_inputs(c)])
     if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists():
         raise DriftJaxError(f"--out {out} is a folder of other files, not a sweep; choose a new "
                             "or empty folder (or this sweep's own folder, to resume it).")
@@ -174,7 +176,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
               num_tasks: int | None = None, progress: bool = True) -> dict:
     """Runs this task's unfinished points; returns {"ran": [...ids], "skipped": [...],
     "other_tasks": n, "seconds": s}."""
-    out = Path(out)
+    out = validate.resolved(out)
     task_index, num_tasks = task_from_env(task_index, num_tasks)
     configs = points(sweep)
     _check_before_writing(configs, out)
@@ -198,7 +200,11 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
         reports = detect_drift_seeds(todo[0], [c.seed for c in todo], base=datasets[spec],
                                      progress=progress, cache=cache)
         for cfg, report in zip(todo, reports):
-            write_report(report, out / "runs" / run_id(cfg))
+            try:
+                write_report(report, out / "runs" / run_id(cfg))
+            except RunExists:  # another sweep finished this point meanwhile: the same result
+                skipped.append(run_id(cfg))
+                continue
             ran.append(run_id(cfg))
     return {"ran": ran, "skipped": skipped,
             "other_tasks": len(groups) - len(mine), "seconds": time.perf_counter() - start}

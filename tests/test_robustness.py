@@ -1,7 +1,9 @@
 """The general mechanisms behind bad-input handling (docs/BAD_INPUT.md, second round): a finished
 run is never lost, a failed command leaves no half-written folder, everything is validated before
 any work, memory is estimated before allocating, files of ours are checked on reading, zero means
-zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class."""
+zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class.
+From section 9 on: inputs and outputs never alias and the swap checks again, sweeps share a
+folder, SIGTERM and the decoder's workers, a real full disk."""
 
 import gc
 import io
@@ -373,3 +375,177 @@ def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
     assert proc.returncode == 130
     assert "Traceback" not in err and "interrupted" in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- 9. aliasing
+
+
+SMALL_DETECT = ["--base", "synthetic?n=400&classes=4&size=8", "--quiet", "--set", "controls=3",
+                "--set", "alpha=0.25", "--set", "train.epochs=2",
+                "--set", "inversion.samples_per_class=2", "--set", "inversion.miface.max_iter=20",
+                "--set", "permutations=50", "--set", "attack_fit_size=100",
+                "--set", 'attacks=["rule_based"]']
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """What commands read: a finished train run (its checkpoint), a run folder under a sweep
+    folder, an image folder and an archive of one, a link to the train run, a symlink loop."""
+    root = tmp_path_factory.mktemp("inputs")
+    assert _cli([*TRAIN, "--out", str(root / "trained")])[0] == 0
+    run = root / "sweep" / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text("{}")
+    (run / "config.json").write_text('{"base": "digits"}')
+    for c in "ab":
+        (root / "images" / "train" / c).mkdir(parents=True)
+        (root / "images" / "train" / c / "0.png").write_bytes(_png())
+    _tar(root / "images.tar.gz", {f"train/{c}/0.png": _png() for c in "ab"})
+    (root / "link").symlink_to(root / "trained")
+    (root / "loop").symlink_to(root / "loop")
+    return root
+
+
+# (id, argv with {i} for the inputs folder, what the line says)
+ALIASES = [
+    ("invert-out-holds-checkpoint", ["invert", "--checkpoint", "{i}/trained/checkpoint",
+                                     "--out", "{i}/trained", "--overwrite"],
+     "holds the --checkpoint"),
+    ("invert-out-links-to-checkpoint", ["invert", "--checkpoint", "{i}/trained/checkpoint",
+                                        "--out", "{i}/link", "--overwrite"],
+     "holds the --checkpoint"),
+    ("detect-out-holds-production-model", ["detect", "--production-model",
+                                           "{i}/trained/checkpoint", "--out", "{i}/trained",
+                                           "--overwrite", "--quiet"],
+     "holds the production model checkpoint"),
+    ("mitigate-out-is-run", ["mitigate", "--run", "{i}/sweep/runs/r", "--out", "{i}/sweep/runs/r",
+                             "--overwrite"], "is the --run folder"),
+    ("report-out-is-run", ["report", "{i}/sweep", "--out", "{i}/sweep/runs/r", "--overwrite"],
+     "is a finished run"),
+    ("report-out-holds-run", ["report", "{i}/sweep/runs/r", "--out", "{i}/sweep", "--overwrite"],
+     "holds a finished run"),
+    ("report-out-holds-runs", ["report", "{i}/sweep/runs", "--out", "{i}", "--overwrite"],
+     "holds a finished run"),
+    ("train-out-in-data", ["train", "--data", "folder:{i}/images", "--out", "{i}/images/train/c"],
+     "lies inside the data of folder:"),
+    ("sweep-out-in-data", ["sweep", "--set", 'base="folder:{i}/images"', "--out",
+                           "{i}/images/sweep"], "lies inside the base data"),
+    ("data-info-out-is-archive", ["data", "info", "folder:{i}/images.tar.gz", "--out",
+                                  "{i}/images.tar.gz"], "is the data of folder:"),
+    ("out-symlink-loop", ["train", "--out", "{i}/loop/run"], "symlink loop"),
+]
+
+
+@pytest.mark.parametrize("case, argv, fragment", ALIASES, ids=[a[0] for a in ALIASES])
+def test_an_out_that_aliases_an_input_is_refused_before_any_work(case, argv, fragment, inputs,
+                                                                 capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before --out was checked")
+
+    for module, name in ((data, "load"), (stack, "load_stack"), (stack, "train_stack")):
+        monkeypatch.setattr(module, name, no_work)
+    before = _tree(inputs)
+    assert cli.main([a.format(i=inputs) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("drift-jax: error: ") and fragment in err[0], err
+    assert _tree(inputs) == before  # nothing read was changed, nothing was added
+
+
+def _finished_run(folder):
+    """A real (small) finished detect run at ``folder``."""
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import DetectConfig, detect_drift
+    from drift_jax.report import write_report
+
+    overrides = [item for flag, item in zip(SMALL_DETECT, SMALL_DETECT[1:]) if flag == "--set"]
+    cfg = with_overrides(DetectConfig(), [*overrides, 'base="synthetic?n=400&classes=4&size=8"'])
+    return write_report(detect_drift(cfg, progress=False), folder)
+
+
+def test_report_honours_overwrite_and_never_replaces_a_run_it_reads(tmp_path, capsys):
+    run = _finished_run(tmp_path / "sweep" / "runs" / "a")
+    sweep_dir, run_tree = tmp_path / "sweep", _tree(run)
+    assert cli.main(["report", str(sweep_dir)]) == 0
+    summary = (sweep_dir / "report" / "summary.json").read_bytes()
+    capsys.readouterr()
+    for argv, fragments in [
+            (["report", str(sweep_dir)], ["holds a finished run", "--overwrite"]),
+            (["report", str(run), "--out", str(run)], ["is a finished run"]),
+            (["report", str(run), "--out", str(run), "--overwrite"], ["is a finished run"]),
+            (["report", str(sweep_dir), "--out", str(run), "--overwrite"],
+             ["is a finished run"])]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(f in err[0] for f in fragments), (argv, err)
+    assert _tree(run) == run_tree
+    assert (sweep_dir / "report" / "summary.json").read_bytes() == summary
+    assert cli.main(["report", str(sweep_dir), "--overwrite"]) == 0
+
+
+def _finished(folder, text):
+    (folder / "report.json").write_text(text)
+
+
+def test_the_swap_refuses_a_run_finished_there_meanwhile(tmp_path):
+    from drift_jax.files import RunExists, atomic_folder
+
+    out = tmp_path / "run"
+    with pytest.raises(RunExists, match="--overwrite"), atomic_folder(out) as late:
+        _finished(late, "late")
+        with atomic_folder(out) as early:  # another command, finishing first
+            _finished(early, "early")
+    assert (out / "report.json").read_text() == "early"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left
+    with atomic_folder(out, overwrite=True) as asked:
+        _finished(asked, "asked")
+    assert (out / "report.json").read_text() == "asked"
+
+
+def test_the_exchange_puts_back_a_run_finished_between_check_and_swap(tmp_path, monkeypatch):
+    """The target held a folder that was no finished run when the swap looked, and became one
+    before the exchange: the exchange is undone."""
+    from drift_jax import files
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a killed run's leftovers: may be replaced
+    looks = []
+
+    def finished_after_the_first_look(path):
+        looks.append(path)
+        if len(looks) == 1:
+            _finished(out, "other")  # another command finishes right after the check
+            return False
+        return (path / "report.json").exists()
+
+    monkeypatch.setattr(files, "is_finished", finished_after_the_first_look)
+    with pytest.raises(files.RunExists), files.atomic_folder(out) as tmp:
+        _finished(tmp, "mine")
+    assert (out / "report.json").read_text() == "other"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+@pytest.mark.slow
+def test_two_detects_started_together_on_one_new_out_keep_the_first(tmp_path):
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "detect", *SMALL_DETECT,
+                               "--seed", str(seed), "--out", str(out)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    winner = [rc for rc, _ in results].index(0)
+    lines = results[1 - winner][1].strip().splitlines()
+    assert len(lines) == 1 and "finished run" in lines[0], lines
+    assert json.loads((out / "report.json").read_text())["config"]["seed"] == winner
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# The cases of sections 9 onwards in docs/BAD_INPUT.md, each pinned by a test of its section.
+DOCUMENTED = ["out-aliases-input", "out-symlink-loop", "report-overwrite", "concurrent-out"]
+
+
+def test_the_new_cases_are_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "BAD_INPUT.md").read_text()
+    assert [c for c in DOCUMENTED if f"| `{c}` |" not in doc] == []

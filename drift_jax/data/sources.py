@@ -510,6 +510,25 @@ def _parse_options(query: str, allowed: dict[str, type], spec: str) -> dict:
     return options
 
 
+def spec_paths(spec: str) -> list[str]:
+    """The files and folders a spec reads (the folder or archive of ``idx:`` and ``folder:``, a
+    ``tfds:`` spec's ``data_dir`` or local copy), so that no output is written over or into
+    them; none for the embedded and generated data. Reads nothing."""
+    if not isinstance(spec, str):
+        return []
+    head, _, query = spec.partition("?")
+    kind, _, arg = head.partition(":")
+    if kind in ("idx", "folder") and arg:
+        return [arg]
+    if kind != "tfds" or not arg:
+        return []
+    given = [value for key, _, value in (pair.partition("=") for pair in query.split("&"))
+             if key == "data_dir" and value]
+    name, _, split = arg.partition(":")
+    copy = local_copy(name, split or "train") if not given else None
+    return given + ([str(copy)] if copy is not None else [])
+
+
 def load(spec: str) -> Dataset:
     """Loads a dataset from a spec string (see the module docstring)."""
     if not isinstance(spec, str) or not spec:
