@@ -116,6 +116,16 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False):
         raise
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Removes the temporary and set-aside folders that writers killed outright (SIGKILL, a
+    power cut) left in ``folder``; only safe when no writer is at work there. Returns them."""
+    found = [p for p in folder.glob(".*") if p.is_dir() and
+             (TEMPORARY in p.name or SET_ASIDE in p.name)] if folder.is_dir() else []
+    for leftover in found:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return found
+
+
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_CWD = -100
 

@@ -549,3 +549,55 @@ def test_the_new_cases_are_documented():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "BAD_INPUT.md").read_text()
     assert [c for c in DOCUMENTED if f"| `{c}` |" not in doc] == []
+
+
+# ----------------------------------------------------------------------------- 10. sweeps
+
+
+DOCUMENTED += ["sweep-second-grid", "sweep-leftovers"]
+
+
+def test_a_second_grid_adds_to_the_sweep_listing(tmp_path, capsys):
+    from drift_jax import config as config_lib
+    from drift_jax import sweep
+    from drift_jax.detect import DetectConfig
+
+    out = tmp_path / "sw"
+    first, second = (sweep.SweepConfig(DetectConfig(), {"seed": s}) for s in ([0, 1], [2]))
+    ids = {}
+    for cfg in (first, second):  # every point finished already: the sweeps only list them
+        for point in sweep.points(cfg):
+            ids[sweep.run_id(point)] = config_lib.to_dict(point)
+            (out / "runs" / sweep.run_id(point)).mkdir(parents=True)
+            _finished(out / "runs" / sweep.run_id(point), "{}")
+    # the listing as sweeps wrote it before it kept several
+    first_ids = {sweep.run_id(p): config_lib.to_dict(p) for p in sweep.points(first)}
+    (out / "sweep.json").write_text(json.dumps({"sweep": config_lib.to_dict(first),
+                                                "runs": first_ids}))
+    assert cli.main(["sweep", "--grid", "seed=2", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["sweep", "--grid", "seed=0,1", "--out", str(out), "--quiet"]) == 0
+    listing = json.loads((out / "sweep.json").read_text())
+    as_json = json.loads(json.dumps({"sweeps": [config_lib.to_dict(first),
+                                                config_lib.to_dict(second)], "runs": ids}))
+    assert listing == as_json and len(ids) == 3
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_removes_what_a_killed_one_left_unless_another_is_at_work(tmp_path):
+    import fcntl
+
+    out = tmp_path / "sw"
+    argv = ["sweep", "--grid", "seed=0", *SMALL_DETECT[2:], "--set",
+            'base="synthetic?n=400&classes=4&size=8"', "--out", str(out)]
+    assert _cli(argv, env={faults.FAULT_ENV: "files.folder_written"})[0] == -signal.SIGKILL
+    (leftover,) = (out / "runs").glob(".*.tmp-*")
+    holder = os.open(out / ".sweep.lock", os.O_RDWR)  # another sweep at work in the folder
+    try:
+        fcntl.lockf(holder, fcntl.LOCK_SH, 1, 1)
+        assert _cli(argv)[0] == 0
+        assert leftover.exists()  # it may be the other sweep's folder in progress
+    finally:
+        os.close(holder)
+    assert _cli(argv)[0] == 0  # alone now: what a killed sweep left is removed
+    assert not leftover.exists()
+    assert [p.name for p in (out / "runs").iterdir() if p.name.startswith(".")] == []
