@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
-from drift_jax.errors import DriftJaxError
+from drift_jax.errors import DriftJaxError, DriftJaxWarning
 
 
 def _add_data_info(sub) -> None:
@@ -359,19 +360,62 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime.disable_compilation_cache()
     try:
-        with interrupts_not_swallowed():
+        with interrupts_not_swallowed(), sigterm_as_interrupt(), warnings_as_lines():
             return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("drift-jax: interrupted; results are written whole or not at all, so nothing "
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
+            "interrupted", 130)
+        print(f"drift-jax: {what}; results are written whole or not at all, so nothing "
               "half-written was left behind.", file=sys.stderr)
-        return 130
+        return status
     except (DriftJaxError, OSError, MemoryError) as e:
         if args.debug:
             raise
         print(f"drift-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """drift_jax's own warnings (`DriftJaxWarning`) print as one ``drift-jax: warning:`` line
+    each, once per message; others as Python prints them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DriftJaxWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DriftJaxWarning):
+                print(f"drift-jax: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, SLURM and `kill` send), raised like Ctrl-C's KeyboardInterrupt,
+    so that every writer cleans up after it alike."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` in the main thread (Python's default is to die on the spot,
+    leaving temporary folders behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -385,7 +429,9 @@ def interrupts_not_swallowed():
 
     def hook(unraisable):
         if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+            again = signal.SIGTERM if issubclass(unraisable.exc_type, Terminated) else \
+                signal.SIGINT
+            timer = threading.Timer(0.1, os.kill, (os.getpid(), again))
             timer.daemon = True
             timer.start()
         else:

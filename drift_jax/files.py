@@ -94,8 +94,8 @@ SET_ASIDE = ".old-"  # a replaced folder on its way out, where the OS has no exc
 def atomic_folder(path: str | os.PathLike, overwrite: bool = False):
     """Yields a fresh temporary sibling of ``path`` to write a whole result into. When the block
     succeeds it replaces ``path`` in one step (an atomic exchange where the OS has one); when it
-    fails (an exception, a full disk, Ctrl-C) the temporary folder and any parent folders
-    made for it are removed and ``path`` is left exactly as it was.
+    fails (an exception, a full disk, Ctrl-C, SIGTERM) the temporary folder and any parent
+    folders made for it are removed and ``path`` is left exactly as it was.
 
     Unless ``overwrite``, a finished run at ``path`` is never replaced, checked again at the
     swap itself (`RunExists`): another command may have finished there since this one began."""

@@ -99,7 +99,7 @@ def test_overwrite_replaces_a_finished_run(tmp_path):
 @pytest.mark.parametrize("command", ["train", "invert", "detect", "mitigate"])
 def test_a_full_disk_leaves_no_folder(tmp_path, command):
     detect = ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
-              "--set", "controls=2", "--set", "train.epochs=1",
+              "--set", "controls=2", "--set", "alpha=0.5", "--set", "train.epochs=1",
               "--set", "inversion.samples_per_class=1",
               "--set", "inversion.miface.max_iter=5", "--set", 'attacks=["rule_based"]',
               "--set", "permutations=20", "--set", "attack_fit_size=40"]
@@ -352,7 +352,9 @@ def test_a_ctrl_c_that_lands_in_a_gc_callback_is_not_lost():
     assert time.time() - start < 30
 
 
-def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_print_one_line_and_write_nothing(tmp_path, signum, status, word):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "train", "--data", "digits",
                              "--models", "2", "--epochs", "5000", "--out", str(out)],
@@ -370,10 +372,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
             break
         seen += char
     assert "train 2x" in seen, seen[-2000:]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    assert "Traceback" not in err and "interrupted" in err
+    assert proc.returncode == status
+    assert "Traceback" not in err and word in err
     assert not out.exists()
 
 
@@ -601,3 +603,82 @@ def test_a_resumed_sweep_removes_what_a_killed_one_left_unless_another_is_at_wor
     assert _cli(argv)[0] == 0  # alone now: what a killed sweep left is removed
     assert not leftover.exists()
     assert [p.name for p in (out / "runs").iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------- 11. signals
+
+
+DOCUMENTED += ["sigterm", "ctrl-c-decoder", "never-rejects"]
+
+
+def test_sigterm_while_writing_exits_143_and_leaves_no_temporary_folder(tmp_path):
+    rc, err = _cli([*TRAIN, "--out", str(tmp_path / "w" / "run")],
+                   env={faults.FAULT_ENV: "files.folder_written:term"})
+    assert rc == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "terminated (SIGTERM)" in lines[0], lines
+    assert not (tmp_path / "w").exists()  # nor the hidden temporary folder, nor its parent
+
+
+def _children(pid):
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += f.read().split()
+    return kids
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not os.path.exists("/proc/self/task"),
+                    reason="the decoder starts worker processes on 2 or more cores (Linux /proc)")
+def test_ctrl_c_while_the_folder_decoder_works_prints_one_line(tmp_path):
+    for c in "ab":  # over 256 images: decoded by worker processes
+        (tmp_path / "images" / "train" / c).mkdir(parents=True)
+        for i in range(200):
+            (tmp_path / "images" / "train" / c / f"{i}.png").write_bytes(_png(value=i))
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches every process
+    proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "data", "info",
+                             f"folder:{tmp_path / 'images'}?cache=0"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while len(_children(proc.pid)) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # the resource tracker and two workers
+    assert proc.poll() is None, "decoded before the workers could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], err[-3000:]
+
+
+@pytest.mark.parametrize("argv, alpha, warned", [
+    (["--set", "controls=1"], "0.05", "controls >= 19 (or alpha >= 0.5)"),
+    (["--set", "controls=3", "--set", "alpha=0.1"], "0.1", "controls >= 9 (or alpha >= 0.25)"),
+    (["--set", "controls=19"], "0.05", None),
+    (["--set", "controls=0"], "0.05", None),  # no calibrated test: the seed rule decides
+])
+def test_a_run_that_can_never_reject_warns_before_training(argv, alpha, warned, tmp_path,
+                                                           capsys, monkeypatch):
+    from drift_jax.detect import pipeline
+
+    def stop(*args, **kwargs):
+        raise DriftJaxError("stopped where training begins")
+
+    monkeypatch.setattr(pipeline, "train_models", stop)
+    assert cli.main(["detect", "--quiet", "--base", "synthetic?n=400&classes=4&size=8", *argv,
+                     "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "drift-jax: error: stopped where training begins"
+    if warned is None:
+        assert len(err) == 1, err
+    else:
+        assert len(err) == 2 and err[0].startswith("drift-jax: warning: with ") and \
+            warned in err[0] and f"alpha {alpha}," in err[0], err
+
+
+def test_a_refused_run_prints_its_error_alone_without_the_warning(tmp_path, capsys):
+    """The warning comes once every check has passed: a run refused by one prints one line."""
+    assert cli.main(["detect", "--quiet", "--base", "synthetic?n=12&classes=4&size=8", "--set",
+                     "controls=1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few to give split" in err[0], err

@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import tarfile
 import zipfile
@@ -230,6 +231,31 @@ def _decode_chunk(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
     return [_decode(item) for item in items]
 
 
+# Ctrl-C in a terminal (and a scheduler's SIGTERM to a whole job) reaches every process of the
+# group; only the process that started the workers should answer it.
+_PARENT_ONLY_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _decode_in_workers(chunks: list[list], workers: int) -> list[np.ndarray]:
+    """Decodes ``chunks`` on ``workers`` processes, which start with Ctrl-C and SIGTERM blocked
+    (the mask is inherited through fork and exec; the standard library starts its resource
+    tracker so) and so never print a traceback of their own: this process handles the signal,
+    the queued chunks are cancelled and the workers end after their current chunk. A signal
+    that arrives while the workers are started waits, pending, and is not lost."""
+    # spawn, not fork: the caller may already run JAX's threads, which fork would deadlock.
+    pool = concurrent.futures.ProcessPoolExecutor(workers,
+                                                  mp_context=multiprocessing.get_context("spawn"))
+    try:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_ONLY_SIGNALS)
+        try:
+            futures = [pool.submit(_decode_chunk, chunk) for chunk in chunks]  # starts workers
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return [image for future in futures for image in future.result()]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_member_name(archive: Path, member: tarfile.TarInfo) -> None:
     p = PurePosixPath(member.name)
     if p.is_absolute() or ".." in p.parts:
@@ -334,10 +360,7 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     chunk = max(1, len(payload) // (workers * 8))
     chunks = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
     if workers > 1 and len(payload) > 256:
-        # spawn, not fork: the caller may already run JAX's threads, which fork would deadlock.
-        spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            decoded = [im for part in pool.map(_decode_chunk, chunks) for im in part]
+        decoded = _decode_in_workers(chunks, workers)
     else:
         decoded = _decode_chunk(payload)
     _check_one_shape(path, payload, decoded)
