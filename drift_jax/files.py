@@ -98,7 +98,8 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False):
     folders made for it are removed and ``path`` is left exactly as it was.
 
     Unless ``overwrite``, a finished run at ``path`` is never replaced, checked again at the
-    swap itself (`RunExists`): another command may have finished there since this one began."""
+    swap itself (`RunExists`): another command may have finished there since this one began.
+    Operating-system errors name ``path``, not the temporary folder the user never chose."""
     path = Path(path).absolute()
     made = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +109,22 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False):
         yield tmp
         faults.point("files.folder_written")
         _swap_in(tmp, path, overwrite)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         for parent in reversed(made):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+        _name_the_target(e, tmp, path)
         raise
+
+
+def _name_the_target(error: BaseException, tmp: Path, path: Path) -> None:
+    """An OSError about a file inside the temporary folder is reported at its place in
+    ``path``, where the user will look."""
+    if not isinstance(error, OSError) or not isinstance(error.filename, str):
+        return
+    with contextlib.suppress(ValueError):
+        error.filename = str(path / Path(error.filename).relative_to(tmp))
 
 
 def remove_leftovers(folder: Path) -> list[Path]:

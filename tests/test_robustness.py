@@ -682,3 +682,36 @@ def test_a_refused_run_prints_its_error_alone_without_the_warning(tmp_path, caps
                      "controls=1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "too few to give split" in err[0], err
+
+
+# ----------------------------------------------------------------------------- 12. a real disk
+
+
+DOCUMENTED += ["orbax-full-disk"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 128 KiB tmpfs (root only): a checkpoint of the models below does not fit on it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["train", "--data", "synthetic?n=120&classes=3&size=8", "--models", "2", "--epochs", "1",
+      "--quiet"], "checkpoint"),
+    pytest.param(["detect", *SMALL_DETECT], "models", marks=pytest.mark.slow),
+])
+def test_a_full_disk_inside_orbax_is_one_line_naming_the_path(small_disk, argv, written):
+    out = small_disk / "w" / "run"
+    rc, err = _cli([*argv, "--out", str(out)])
+    _one_line_error(rc, err, "no space left on device", f"{out / written}", "free some space")
+    assert list(small_disk.iterdir()) == []  # nothing half-written, not even the parent
