@@ -78,15 +78,21 @@ def is_mitigation_report(path: Path) -> bool:
     return isinstance(raw, dict) and set(raw) >= MITIGATION_REPORT_KEYS
 
 
+def run_folders(sweep_dir: Path) -> list[Path]:
+    """Every finished run folder under ``sweep_dir`` (it holds report.json), at any depth."""
+    return [path.parent for path in sorted(sweep_dir.rglob("report.json"))
+            # a run still being written (atomic_folder's temporary sibling) is skipped
+            if not any(part.startswith(".") for part in path.relative_to(sweep_dir).parts)]
+
+
 def collect(sweep_dir: str | Path) -> list[dict]:
     """One row per finished run: its flattened config, flags, p-value, timings."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DriftJaxError(f"{sweep_dir} is not a folder; give the --out folder of a sweep.")
     rows, mitigations = [], []
-    for path in sorted(sweep_dir.rglob("report.json")):
-        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts):
-            continue  # a run still being written (atomic_folder's temporary sibling)
+    for run in run_folders(sweep_dir):
+        path = run / "report.json"
         if is_mitigation_report(path):
             mitigations.append(path)
             continue
@@ -193,13 +199,19 @@ def _csv(rows: list[dict], cols: list[str]) -> bytes:
     return buf.getvalue().encode()
 
 
-def write(sweep_dir: str | Path, out: str | Path | None = None) -> dict:
+def write(sweep_dir: str | Path, out: str | Path | None = None,
+          overwrite: bool = False) -> dict:
     """runs.csv, summary.csv, summary.md, summary.json and figures/ in ``out`` (default
-    ``SWEEP_DIR/report``), replaced whole (a report is derived, so an old one is overwritten);
-    returns the summary."""
-    out = validate.output_folder(out if out else Path(sweep_dir) / "report", overwrite=True)
+    ``SWEEP_DIR/report``), written whole; a finished report or run there is replaced only with
+    ``overwrite``, and never the folder read or a run in it; returns the summary."""
+    sweep_dir = Path(sweep_dir)
+    runs = run_folders(sweep_dir) if sweep_dir.is_dir() else []
+    # The report may lie inside what it reads (its default does), but never be or hold it.
+    inputs = [validate.Input(run, "a finished run", holds_outputs=True) for run in runs] + [
+        validate.Input(sweep_dir, "the folder of runs", holds_outputs=True)]
+    out = validate.output_folder(out or sweep_dir / "report", overwrite, inputs=inputs)
     rows = collect(sweep_dir)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         summary = _write_summary(rows, tmp)
     return summary
 

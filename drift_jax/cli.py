@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
-from drift_jax.errors import DriftJaxError
+from drift_jax.errors import DriftJaxError, DriftJaxWarning
 
 
 def _add_data_info(sub) -> None:
@@ -25,16 +26,20 @@ def _add_data_info(sub) -> None:
 
 
 def _data_info(args) -> int:
-    from drift_jax import data, figures
+    from drift_jax import data, figures, validate
 
     if args.per_class < 1:  # refused before loading: zero rows would draw an empty grid
         raise DriftJaxError(f"--per-class must be >= 1 (samples drawn per class), got "
                             f"{args.per_class}.")
+    if args.out:  # before the data is read: the picture must not land on or in it
+        out = validate.resolved(args.out)
+        validate.check_apart(out, [validate.Input(path, f"the data of {args.spec}")
+                                   for path in data.spec_paths(args.spec)])
     dataset = data.load(args.spec)
     summary = dataset.summary()
     print(json.dumps(summary, indent=2))
     if args.out:
-        figures.dataset_grid(args.out, dataset.images, dataset.labels, dataset.class_names,
+        figures.dataset_grid(out, dataset.images, dataset.labels, dataset.class_names,
                              args.per_class, dataset.name)
         print(f"wrote {args.out}")
     return 0
@@ -133,7 +138,8 @@ def _invert(args) -> int:
     from drift_jax import faults, figures, inversion, stack, validate
     from drift_jax.files import atomic_folder, atomic_write_json
 
-    out = validate.output_folder(args.out, args.overwrite)
+    out = validate.output_folder(args.out, args.overwrite, inputs=[
+        validate.Input(args.checkpoint, "the --checkpoint")])
     if args.seed < 0:
         raise DriftJaxError(f"--seed must be >= 0, got {args.seed}.")
     cfg = inversion.InversionConfig()
@@ -158,7 +164,7 @@ def _invert(args) -> int:
                "mean_confidence_per_class": dict(zip(names, gray.confidence.mean((0, 2))
                                                      .tolist())),
                "steps_taken_mean": float(np.mean(gray.active_steps))}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, args.overwrite) as tmp:
         atomic_write_json(tmp / "config.json", {"checkpoint": str(args.checkpoint),
                                                 "classes": classes, "seed": args.seed,
                                                 "inversion": config_lib.to_dict(cfg)})
@@ -204,7 +210,6 @@ def _detect(args) -> int:
     from drift_jax.detect import DetectConfig, detect_drift
     from drift_jax.report import summary_lines, write_report
 
-    validate.output_folder(args.out, args.overwrite)
     from_file = config_lib.read_json_object(args.config) if args.config else {}
     cfg = config_lib.from_dict(DetectConfig, from_file)
     flags = {"base": args.base, "production": args.production,
@@ -215,11 +220,13 @@ def _detect(args) -> int:
     scenario_given = (args.scenario is not None or "scenario" in from_file
                       or any(item.partition("=")[0].strip() == "scenario" for item in args.set))
     cfg = _without_scenario_for_a_production_model(cfg, scenario_given)
+    out = validate.output_folder(args.out, args.overwrite,
+                                 inputs=validate.config_inputs(cfg))
     print(f"drift-jax detect: base {cfg.base}, production "
           f"{cfg.production or cfg.production_model or 'split off the base data'}, scenario "
           f"{cfg.scenario} (severity {cfg.severity}), {cfg.controls} control models", flush=True)
     report = detect_drift(cfg, progress=not args.quiet)
-    write_report(report, args.out)
+    write_report(report, out, args.overwrite)
     print("\n".join(summary_lines(report)))
     print(f"results in {args.out}/ (report.json, summary.md, figures/, gray.npz, models/)")
     if args.mitigate:
@@ -227,7 +234,7 @@ def _detect(args) -> int:
             print("no drifted class flagged, so nothing to mitigate; to mitigate chosen classes "
                   f"run: drift-jax mitigate --run {args.out} --classes NAME,NAME --out DIR")
             return 0
-        return _run_mitigation(args.out, Path(args.out) / "mitigation", [], [], args.quiet)
+        return _run_mitigation(out, out / "mitigation", [], [], args.quiet)
     return 0
 
 
@@ -266,12 +273,30 @@ def _add_mitigate(sub) -> None:
 def _mitigate(args) -> int:
     from drift_jax import validate
 
-    validate.output_folder(args.out, args.overwrite)
+    out = validate.output_folder(args.out, args.overwrite, inputs=_run_inputs(args.run))
     lists = {"strategies": (args.strategies, "all the strategies the run allows"),
              "classes": (args.classes, "the classes the run flagged")}
     flags = [f"{k}={json.dumps(_name_list(k, text, default))}"
              for k, (text, default) in lists.items() if text is not None]
-    return _run_mitigation(args.run, args.out, flags, args.set, args.quiet)
+    return _run_mitigation(args.run, out, flags, args.set, args.quiet, args.overwrite)
+
+
+def _run_inputs(run: str) -> list:
+    """What mitigate reads: the run folder (its mitigation/ may be written inside it, as
+    `detect --mitigate` does) and the data its config names."""
+    import types
+
+    from drift_jax import validate
+
+    inputs = [validate.Input(run, "the --run folder", holds_outputs=True)]
+    try:
+        config = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError):
+        return inputs  # reading the run names what is wrong with it
+    if isinstance(config, dict):
+        inputs += validate.config_inputs(types.SimpleNamespace(
+            **{k: config.get(k) for k in ("base", "production", "production_model")}))
+    return inputs
 
 
 def _name_list(flag: str, text: str, default: str) -> list[str]:
@@ -284,14 +309,14 @@ def _name_list(flag: str, text: str, default: str) -> list[str]:
 
 
 def _run_mitigation(run: str | Path, out: str | Path, flags: list[str], overrides: list[str],
-                    quiet: bool) -> int:
+                    quiet: bool, overwrite: bool = False) -> int:
     from drift_jax import config as config_lib
     from drift_jax import mitigate as mitigate_lib
 
     cfg = config_lib.with_overrides(mitigate_lib.MitigateConfig(), _once_each(flags + overrides))
     print(f"drift-jax mitigate: run {run}", flush=True)
     report = mitigate_lib.mitigate(run, cfg, progress=not quiet)
-    mitigate_lib.write_mitigation(report, out)
+    mitigate_lib.write_mitigation(report, out, overwrite)
     print("\n".join(mitigate_lib.summary_lines(report)))
     print(f"results in {out}/ (report.json, summary.md, figures/, model/)")
     return 0
@@ -342,13 +367,14 @@ def _add_report(sub) -> None:
                                       "run under a folder")
     p.add_argument("sweep_dir")
     p.add_argument("--out", help="default: SWEEP_DIR/report")
+    _add_overwrite(p)
     p.set_defaults(func=_report)
 
 
 def _report(args) -> int:
     from drift_jax import aggregate as report_lib
 
-    summary = report_lib.write(args.sweep_dir, args.out)
+    summary = report_lib.write(args.sweep_dir, args.out, args.overwrite)
     print(report_lib.markdown(summary["group_keys"], summary["methods"], summary["groups"]))
     print(f"{summary['runs']} run(s); tables and figures in "
           f"{args.out or Path(args.sweep_dir) / 'report'}/")
@@ -396,19 +422,62 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime.disable_compilation_cache()
     try:
-        with interrupts_not_swallowed():
+        with interrupts_not_swallowed(), sigterm_as_interrupt(), warnings_as_lines():
             return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("drift-jax: interrupted; results are written whole or not at all, so nothing "
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
+            "interrupted", 130)
+        print(f"drift-jax: {what}; results are written whole or not at all, so nothing "
               "half-written was left behind.", file=sys.stderr)
-        return 130
+        return status
     except (DriftJaxError, OSError, MemoryError) as e:
         if args.debug:
             raise
         print(f"drift-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """drift_jax's own warnings (`DriftJaxWarning`) print as one ``drift-jax: warning:`` line
+    each, once per message; others as Python prints them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DriftJaxWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DriftJaxWarning):
+                print(f"drift-jax: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, SLURM and `kill` send), raised like Ctrl-C's KeyboardInterrupt,
+    so that every writer cleans up after it alike."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` in the main thread (Python's default is to die on the spot,
+    leaving temporary folders behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -422,7 +491,9 @@ def interrupts_not_swallowed():
 
     def hook(unraisable):
         if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+            again = signal.SIGTERM if issubclass(unraisable.exc_type, Terminated) else \
+                signal.SIGINT
+            timer = threading.Timer(0.1, os.kill, (os.getpid(), again))
             timer.daemon = True
             timer.start()
         else:

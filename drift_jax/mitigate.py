@@ -589,14 +589,14 @@ def summary_lines(report: MitigationReport) -> list[str]:
     return lines
 
 
-def write_mitigation(report: MitigationReport, out: str | Path) -> Path:
-    """The mitigation folder, written whole or not at all (`files.atomic_folder`): report.json,
-    config.json, summary.md, figures/ and model/ (the recommended candidate, an orbax stack of
-    one)."""
+def write_mitigation(report: MitigationReport, out: str | Path, overwrite: bool = False) -> Path:
+    """The mitigation folder, written whole or not at all (`files.atomic_folder`; a finished
+    one there is replaced only with ``overwrite``): report.json, config.json, summary.md,
+    figures/ and model/ (the recommended candidate, an orbax stack of one)."""
     from drift_jax import figures
 
     out = Path(out)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         atomic_write_json(tmp / "config.json", {"run": report.run, **report.config})
         if report.model is not None:
             stack.save_stack(tmp / "model", *report.model, {"strategy": report.recommended,

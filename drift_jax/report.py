@@ -270,13 +270,14 @@ def summary_lines(report: DriftReport) -> list[str]:
     return lines
 
 
-def write_report(report: DriftReport, out: str | Path) -> Path:
+def write_report(report: DriftReport, out: str | Path, overwrite: bool = False) -> Path:
     """The run folder: report.json, config.json, splits.npz, summary.md, gray.npz, models/
     (the base and production models, an orbax stack of two) and figures/, written into a
     temporary sibling that then replaces ``out`` whole (`files.atomic_folder`): a folder with
-    report.json is a finished run, and a failure leaves ``out`` as it was."""
+    report.json is a finished run, replaced only with ``overwrite`` (`files.RunExists`), and a
+    failure leaves ``out`` as it was."""
     out = Path(out)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite) as tmp:
         _write_run(report, tmp)
     return out
 

@@ -11,8 +11,14 @@ gradients summed with `psum`), so the same code runs on 1 or many devices with e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
+import logging
+import os
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -528,6 +534,73 @@ def accuracy_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: in
 STACK_FORMAT = "drift_jax.stack/1"
 
 
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+    return issubclass(unraisable.exc_type, RuntimeError) and \
+        "Event loop is closed" in str(unraisable.exc_value)
+
+
+def _os_error_code(error: BaseException) -> int | None:
+    """The operating-system error under an orbax/tensorstore failure (it names the code in
+    its text: ``[os_error_code='28']``), or None."""
+    while error is not None:
+        found = re.search(r"os_error_code='?(\d+)", str(error))
+        if found:
+            return int(found.group(1))
+        if "No space left on device" in str(error):
+            return errno.ENOSPC
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _orbax_write_errors(directory: Path):
+    """A failed orbax write (a full disk, a permission) becomes one OSError naming the
+    checkpoint folder. Orbax also reports a failure of its background threads as absl ERROR
+    records with tracebacks, and each of its writes still in flight when its event loop closed
+    sends an "Event loop is closed" error to `sys.unraisablehook` as it ends: both are held back,
+    since the failure itself is raised here, once."""
+    absl_logger, quiet = logging.getLogger("absl"), _DropRecords()
+    absl_logger.addFilter(quiet)
+    previous, late = sys.unraisablehook, []
+
+    def hook(unraisable):
+        if _is_closed_loop_report(unraisable):
+            late.append(time.monotonic())
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except OSError:
+        _let_writes_in_flight_end(late)
+        raise
+    except Exception as e:
+        _let_writes_in_flight_end(late)
+        code = _os_error_code(e)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(directory)) from e
+    finally:
+        absl_logger.removeFilter(quiet)
+        sys.unraisablehook = previous
+
+
+def _let_writes_in_flight_end(late: list[float], quiet_for: float = 0.2,
+                              at_most: float = 2.0) -> None:
+    """After a failed save, waits until orbax's writes still in flight have reported their end
+    (none for ``quiet_for`` seconds, ``at_most`` in all), so that none reports after the error."""
+    start = time.monotonic()
+    while time.monotonic() - start < at_most and \
+            time.monotonic() - max(late, default=start) < quiet_for:
+        time.sleep(0.02)
+
+
 def save_stack(directory: str | Path, spec: ModelSpec, variables: dict,
                metadata: dict | None = None) -> Path:
     """Saves a stack with orbax and its `ModelSpec` as JSON, atomically, also over an existing
@@ -543,7 +616,7 @@ def save_stack(directory: str | Path, spec: ModelSpec, variables: dict,
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     state_name = f"state-{uuid.uuid4().hex[:12]}"
-    with ocp.StandardCheckpointer() as ckptr:
+    with _orbax_write_errors(directory), ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / state_name, jax.device_get(variables))
         ckptr.wait_until_finished()
     faults.point("save_stack.state_written")

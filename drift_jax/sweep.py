@@ -10,12 +10,20 @@ Points that differ only in inversion, attack or test settings share one training
 
 Tasks (``task_index`` of ``num_tasks``, or SLURM array variables) split the sweep by groups of
 seeds; each task writes only its own run folders and `drift-jax report` merges them.
+
+A folder may take several sweeps (more seeds, another grid): ``sweep.json`` lists every sweep
+config and every run swept into it, merged under a lock, since `drift-jax report` reads every
+run in the folder whichever grid it came from. A sweep that finds itself alone in the folder
+(`_Lock`) removes the temporary folders killed sweeps left in ``runs/``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import itertools
 import json
@@ -30,7 +38,7 @@ from drift_jax import data as data_lib
 from drift_jax import validate
 from drift_jax.detect import DetectConfig, detect_drift_seeds
 from drift_jax.errors import DriftJaxError
-from drift_jax.files import atomic_write_json
+from drift_jax.files import RunExists, atomic_write_json, remove_leftovers
 from drift_jax.report import write_report
 
 
@@ -244,7 +252,8 @@ def is_finished(run_dir: Path) -> bool:
 
 def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
     """Everything a sweep can refuse, refused before it writes anything: repeated points, and
-    an --out that is a file or a folder of something else."""
+    an --out that is a file, a folder of something else, or one that holds, is or lies inside
+    data or a checkpoint a point reads."""
     counts = collections.Counter(run_id(c) for c in configs)
     if max(counts.values(), default=1) > 1:
         repeated = next(c for c in configs if counts[run_id(c)] > 1)
@@ -252,7 +261,10 @@ def _check_before_writing(configs: list[DetectConfig], out: Path) -> None:
                             f"{repeated.seed}); list each value once.")
     if out.exists() and not out.is_dir():
         raise DriftJaxError(f"--out {out} is a file, not a folder; choose a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists():
+    validate.check_apart(out, [i for c in configs for i in validate.config_inputs(c)])
+    ours = {LOCK_FILE}  # made first, so a sweep killed at once leaves it alone in the folder
+    if out.is_dir() and any(p.name not in ours for p in out.iterdir()) and \
+            not (out / "sweep.json").exists():
         raise DriftJaxError(f"--out {out} is a folder of other files, not a sweep; choose a new "
                             "or empty folder (or this sweep's own folder, to resume it).")
     validate.writable(out)
@@ -262,13 +274,20 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
               num_tasks: int | None = None, progress: bool = True) -> dict:
     """Runs this task's unfinished points; returns {"ran": [...ids], "skipped": [...],
     "other_tasks": n, "seconds": s}."""
-    out = Path(out)
+    out = validate.resolved(out)
     task_index, num_tasks = task_from_env(task_index, num_tasks)
     configs = points(sweep)
     _check_before_writing(configs, out)
-    atomic_write_json(out / "sweep.json", {"sweep": config_lib.to_dict(sweep),
-                                           "runs": {run_id(c): config_lib.to_dict(c)
-                                                    for c in configs}})
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out) as lock:
+        with lock.listing():
+            _record_listing(out, sweep, configs)
+            lock.start_work(on_alone=lambda: remove_leftovers(out / "runs"))
+        return _run_points(configs, out, task_index, num_tasks, progress)
+
+
+def _run_points(configs: list[DetectConfig], out: Path, task_index: int, num_tasks: int,
+                progress: bool) -> dict:
     groups = seed_groups(configs)
     mine = task_share(groups, task_index, num_tasks)
     ran, skipped, datasets, cache = [], [], {}, TrainedCache()
@@ -286,7 +305,85 @@ def run_sweep(sweep: SweepConfig, out: str | Path, task_index: int | None = None
         reports = detect_drift_seeds(todo[0], [c.seed for c in todo], base=datasets[spec],
                                      progress=progress, cache=cache)
         for cfg, report in zip(todo, reports):
-            write_report(report, out / "runs" / run_id(cfg))
+            try:
+                write_report(report, out / "runs" / run_id(cfg))
+            except RunExists:  # another sweep finished this point meanwhile: the same result
+                skipped.append(run_id(cfg))
+                continue
             ran.append(run_id(cfg))
     return {"ran": ran, "skipped": skipped,
             "other_tasks": len(groups) - len(mine), "seconds": time.perf_counter() - start}
+
+
+LISTING_FIX = ("restore the file (it lists the folder's sweeps and runs) or sweep into a new "
+               "--out.")
+
+
+def _record_listing(out: Path, sweep: SweepConfig, configs: list[DetectConfig]) -> None:
+    """Adds this sweep's config and runs to ``sweep.json``, keeping those of earlier sweeps
+    into the folder (a listing of one sweep only would lose the runs of the others)."""
+    path = out / "sweep.json"
+    sweeps, runs = [], {}
+    if path.exists():
+        earlier = validate.read_json(path, None, "sweep listing", LISTING_FIX)
+        # before "sweeps": one sweep, under "sweep"
+        sweeps = earlier.get("sweeps", [earlier["sweep"]] if "sweep" in earlier else [])
+        runs = earlier.get("runs", {})
+        if not isinstance(sweeps, list) or not isinstance(runs, dict):
+            raise DriftJaxError(f"sweep listing {path} has no list of sweeps and object of "
+                                f"runs; {LISTING_FIX}")
+    this = json.loads(json.dumps(config_lib.to_dict(sweep)))  # as read back: lists, not tuples
+    if this not in sweeps:
+        sweeps.append(this)
+    runs.update({run_id(c): config_lib.to_dict(c) for c in configs})
+    atomic_write_json(path, {"sweeps": sweeps, "runs": runs})
+
+
+LOCK_FILE = ".sweep.lock"
+_LISTING_BYTE, _AT_WORK_BYTE = 0, 1
+
+
+class _Lock:
+    """Two byte-range locks on ``OUT/.sweep.lock`` (POSIX locks: the kernel, or the NFS lock
+    manager, releases them when a process dies, SIGKILL included). Byte 0 guards sweep.json's
+    read-merge-write. Byte 1 is held shared by every sweep at work in the folder for as long as
+    it runs, so one that can take it exclusively is alone there, and any temporary folder in
+    runs/ is a killed sweep's. Where the filesystem has no locks, the listing is merged unlocked
+    and nothing is removed (being alone cannot be known)."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK_FILE
+
+    def __enter__(self) -> _Lock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # releases both
+
+    def _take(self, kind: int, byte: int) -> bool:
+        """True once taken; False if another process holds it (only asked without waiting) or
+        the filesystem has no locks."""
+        try:
+            fcntl.lockf(self.fd, kind, 1, byte)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN, errno.ENOLCK, errno.EOPNOTSUPP,
+                           errno.EINVAL):
+                return False
+            raise
+
+    @contextlib.contextmanager
+    def listing(self):
+        self._take(fcntl.LOCK_EX, _LISTING_BYTE)
+        try:
+            yield
+        finally:
+            self._take(fcntl.LOCK_UN, _LISTING_BYTE)
+
+    def start_work(self, on_alone) -> None:
+        """Calls ``on_alone`` if no other sweep is at work here, then joins the sweeps at work
+        (under the listing lock, so that no sweep starts between the two)."""
+        if self._take(fcntl.LOCK_EX | fcntl.LOCK_NB, _AT_WORK_BYTE):
+            on_alone()
+        self._take(fcntl.LOCK_SH, _AT_WORK_BYTE)

@@ -30,12 +30,12 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
     """Trains ``config.models`` members (seeds ``config.seed + m``) on the same training part.
 
     With ``out`` (checked before any work; a finished run there is replaced only with
-    ``overwrite``), writes ``config.json``, ``checkpoint/`` and ``metrics.json`` into a temporary
-    sibling once training succeeded, which then replaces ``out`` whole: a failure at any point
-    leaves ``out`` as it was.
+    ``overwrite``, and never one of the config's inputs), writes ``config.json``,
+    ``checkpoint/`` and ``metrics.json`` into a temporary sibling once training succeeded,
+    which then replaces ``out`` whole: a failure at any point leaves ``out`` as it was.
     """
     if out is not None:
-        out = validate.output_folder(out, overwrite)
+        out = validate.output_folder(out, overwrite, inputs=validate.config_inputs(config))
     t0 = time.perf_counter()
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     train_ix, holdout_ix = data_lib.stratified_split(
@@ -69,7 +69,7 @@ def run_training(config: TrainRunConfig, out: str | Path | None = None,
         "environment": runtime.environment(),
     }
     if out is not None:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, overwrite) as tmp:
             atomic_write_json(tmp / "config.json", to_dict(config))
             stack.save_stack(tmp / "checkpoint", spec, result.variables,
                              {"data": dataset.name, "seed": config.seed})

@@ -9,6 +9,7 @@ Config classes declare bounds on their fields with `bounded` and call `check_fie
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 from pathlib import Path
@@ -131,12 +132,81 @@ def is_finished(folder: Path) -> bool:
     return any((folder / marker).exists() for marker in FINISHED_MARKERS)
 
 
+def resolved(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` absolute with every symlink followed (a missing tail kept as given), so that a
+    run is written where the link points and aliasing is judged on real folders; a symlink loop
+    is refused here, before any work."""
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        raise DriftJaxError(f"{option} {path} runs into a symlink loop; point it at a real "
+                            "folder.") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DriftJaxError(f"{option} {path} runs into a symlink loop; point it at a real "
+                                "folder.") from None
+        raise DriftJaxError(f"{option} {path} cannot be resolved ({e.strerror}); check the path "
+                            "and its permissions.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """A path a command reads (a data folder or archive, a checkpoint, a run). ``holds_outputs``:
+    the command's own layout writes inside it (a sweep's report/, a run's mitigation/)."""
+
+    path: str | os.PathLike
+    what: str
+    holds_outputs: bool = False
+
+
+def config_inputs(config) -> list[Input]:
+    """The paths a train or detect config reads: its data specs' folders and archives and its
+    production model checkpoint."""
+    from drift_jax.data import spec_paths
+
+    found = []
+    for field, what in (("data", "the data"), ("base", "the base data"),
+                        ("production", "the production data")):
+        spec = getattr(config, field, None)
+        found += [Input(path, f"{what} of {spec}") for path in spec_paths(spec)]
+    model = getattr(config, "production_model", None)
+    if isinstance(model, str) and model:
+        found.append(Input(model, "the production model checkpoint"))
+    return found
+
+
+def check_apart(out: Path, inputs, option: str = "--out") -> None:
+    """Refuses an output (``out``, resolved) that aliases an input: the same path, a folder
+    holding the input (writing replaces the folder whole, so the input would go), or a path
+    inside the input (the run would add files to what it reads: an image folder would gain a
+    class). An input that cannot be resolved is left to its reader, which names it."""
+    for given in inputs:
+        try:
+            source = resolved(given.path, given.what)
+        except DriftJaxError:
+            continue
+        if out == source:
+            raise DriftJaxError(f"{option} {out} is {given.what}, which this command reads; "
+                                f"writing there would destroy it: choose another {option}.")
+        if source.is_relative_to(out):
+            raise DriftJaxError(f"{option} {out} holds {given.what} {source}, which this command "
+                                "reads, and writing replaces the whole folder: choose an "
+                                f"{option} that does not contain it.")
+        if out.is_relative_to(source) and not given.holds_outputs:
+            raise DriftJaxError(f"{option} {out} lies inside {given.what} {source}, which this "
+                                "command reads; writing there would change it: choose an "
+                                f"{option} outside it.")
+
+
 def output_folder(path: str | os.PathLike, overwrite: bool = False,
-                  option: str = "--out") -> Path:
+                  option: str = "--out", inputs=()) -> Path:
     """Checks, before any work, that a run can be written to ``path`` (which the run will
-    replace as a whole): not a file, not inside a file, on a writable parent, not a folder of
-    other files, and not a finished run unless ``overwrite``. Creates nothing."""
-    path = Path(path).absolute()
+    replace as a whole): symlinks resolved (a loop refused), not a file, not inside a file, on
+    a writable parent, not a folder of other files, not a finished run unless ``overwrite``,
+    and apart from every one of the command's ``inputs`` (`Input`, `check_apart`), overwrite
+    or not. Creates nothing; returns the resolved path to write to."""
+    path = resolved(path, option)
+    check_apart(path, inputs, option)
     if path.exists() and not path.is_dir():
         raise DriftJaxError(f"{option} {path} is a file, not a folder; choose a folder path.")
     if path.is_dir() and any(path.iterdir()):

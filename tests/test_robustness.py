@@ -1,7 +1,9 @@
 """The general mechanisms behind bad-input handling (docs/BAD_INPUT.md, second round): a finished
 run is never lost, a failed command leaves no half-written folder, everything is validated before
 any work, memory is estimated before allocating, files of ours are checked on reading, zero means
-zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class."""
+zero, messages name the real cause, and Ctrl-C prints one line. One or more tests per class.
+From section 9 on: inputs and outputs never alias and the swap checks again, sweeps share a
+folder, SIGTERM and the decoder's workers, a real full disk."""
 
 import gc
 import io
@@ -98,7 +100,7 @@ def test_overwrite_replaces_a_finished_run(tmp_path):
 @pytest.mark.parametrize("command", ["train", "invert", "detect", "mitigate"])
 def test_a_full_disk_leaves_no_folder(tmp_path, command):
     detect = ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
-              "--set", "controls=2", "--set", "train.epochs=1",
+              "--set", "controls=2", "--set", "alpha=0.5", "--set", "train.epochs=1",
               "--set", "inversion.samples_per_class=1",
               "--set", "inversion.miface.max_iter=5", "--set", 'attacks=["rule_based"]',
               "--set", "permutations=20", "--set", "attack_fit_size=40"]
@@ -453,7 +455,9 @@ def test_a_ctrl_c_that_lands_in_a_gc_callback_is_not_lost():
     assert time.time() - start < 30
 
 
-def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_print_one_line_and_write_nothing(tmp_path, signum, status, word):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "train", "--data", "digits",
                              "--models", "2", "--epochs", "5000", "--out", str(out)],
@@ -471,8 +475,346 @@ def test_ctrl_c_prints_one_line_exits_130_and_writes_nothing(tmp_path):
             break
         seen += char
     assert "train 2x" in seen, seen[-2000:]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    assert "Traceback" not in err and "interrupted" in err
+    assert proc.returncode == status
+    assert "Traceback" not in err and word in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- 9. aliasing
+
+
+SMALL_DETECT = ["--base", "synthetic?n=400&classes=4&size=8", "--quiet", "--set", "controls=3",
+                "--set", "alpha=0.25", "--set", "train.epochs=2",
+                "--set", "inversion.samples_per_class=2", "--set", "inversion.miface.max_iter=20",
+                "--set", "permutations=50", "--set", "attack_fit_size=100",
+                "--set", 'attacks=["rule_based"]']
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """What commands read: a finished train run (its checkpoint), a run folder under a sweep
+    folder, an image folder and an archive of one, a link to the train run, a symlink loop."""
+    root = tmp_path_factory.mktemp("inputs")
+    assert _cli([*TRAIN, "--out", str(root / "trained")])[0] == 0
+    run = root / "sweep" / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text("{}")
+    (run / "config.json").write_text('{"base": "digits"}')
+    for c in "ab":
+        (root / "images" / "train" / c).mkdir(parents=True)
+        (root / "images" / "train" / c / "0.png").write_bytes(_png())
+    _tar(root / "images.tar.gz", {f"train/{c}/0.png": _png() for c in "ab"})
+    (root / "link").symlink_to(root / "trained")
+    (root / "loop").symlink_to(root / "loop")
+    return root
+
+
+# (id, argv with {i} for the inputs folder, what the line says)
+ALIASES = [
+    ("invert-out-holds-checkpoint", ["invert", "--checkpoint", "{i}/trained/checkpoint",
+                                     "--out", "{i}/trained", "--overwrite"],
+     "holds the --checkpoint"),
+    ("invert-out-links-to-checkpoint", ["invert", "--checkpoint", "{i}/trained/checkpoint",
+                                        "--out", "{i}/link", "--overwrite"],
+     "holds the --checkpoint"),
+    ("detect-out-holds-production-model", ["detect", "--production-model",
+                                           "{i}/trained/checkpoint", "--out", "{i}/trained",
+                                           "--overwrite", "--quiet"],
+     "holds the production model checkpoint"),
+    ("mitigate-out-is-run", ["mitigate", "--run", "{i}/sweep/runs/r", "--out", "{i}/sweep/runs/r",
+                             "--overwrite"], "is the --run folder"),
+    ("report-out-is-run", ["report", "{i}/sweep", "--out", "{i}/sweep/runs/r", "--overwrite"],
+     "is a finished run"),
+    ("report-out-holds-run", ["report", "{i}/sweep/runs/r", "--out", "{i}/sweep", "--overwrite"],
+     "holds a finished run"),
+    ("report-out-holds-runs", ["report", "{i}/sweep/runs", "--out", "{i}", "--overwrite"],
+     "holds a finished run"),
+    ("train-out-in-data", ["train", "--data", "folder:{i}/images", "--out", "{i}/images/train/c"],
+     "lies inside the data of folder:"),
+    ("sweep-out-in-data", ["sweep", "--set", 'base="folder:{i}/images"', "--out",
+                           "{i}/images/sweep"], "lies inside the base data"),
+    ("data-info-out-is-archive", ["data", "info", "folder:{i}/images.tar.gz", "--out",
+                                  "{i}/images.tar.gz"], "is the data of folder:"),
+    ("out-symlink-loop", ["train", "--out", "{i}/loop/run"], "symlink loop"),
+]
+
+
+@pytest.mark.parametrize("case, argv, fragment", ALIASES, ids=[a[0] for a in ALIASES])
+def test_an_out_that_aliases_an_input_is_refused_before_any_work(case, argv, fragment, inputs,
+                                                                 capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work began before --out was checked")
+
+    for module, name in ((data, "load"), (stack, "load_stack"), (stack, "train_stack")):
+        monkeypatch.setattr(module, name, no_work)
+    before = _tree(inputs)
+    assert cli.main([a.format(i=inputs) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("drift-jax: error: ") and fragment in err[0], err
+    assert _tree(inputs) == before  # nothing read was changed, nothing was added
+
+
+def _finished_run(folder):
+    """A real (small) finished detect run at ``folder``."""
+    from drift_jax.config import with_overrides
+    from drift_jax.detect import DetectConfig, detect_drift
+    from drift_jax.report import write_report
+
+    overrides = [item for flag, item in zip(SMALL_DETECT, SMALL_DETECT[1:]) if flag == "--set"]
+    cfg = with_overrides(DetectConfig(), [*overrides, 'base="synthetic?n=400&classes=4&size=8"'])
+    return write_report(detect_drift(cfg, progress=False), folder)
+
+
+def test_report_honours_overwrite_and_never_replaces_a_run_it_reads(tmp_path, capsys):
+    run = _finished_run(tmp_path / "sweep" / "runs" / "a")
+    sweep_dir, run_tree = tmp_path / "sweep", _tree(run)
+    assert cli.main(["report", str(sweep_dir)]) == 0
+    summary = (sweep_dir / "report" / "summary.json").read_bytes()
+    capsys.readouterr()
+    for argv, fragments in [
+            (["report", str(sweep_dir)], ["holds a finished run", "--overwrite"]),
+            (["report", str(run), "--out", str(run)], ["is a finished run"]),
+            (["report", str(run), "--out", str(run), "--overwrite"], ["is a finished run"]),
+            (["report", str(sweep_dir), "--out", str(run), "--overwrite"],
+             ["is a finished run"])]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(f in err[0] for f in fragments), (argv, err)
+    assert _tree(run) == run_tree
+    assert (sweep_dir / "report" / "summary.json").read_bytes() == summary
+    assert cli.main(["report", str(sweep_dir), "--overwrite"]) == 0
+
+
+def _finished(folder, text):
+    (folder / "report.json").write_text(text)
+
+
+def test_the_swap_refuses_a_run_finished_there_meanwhile(tmp_path):
+    from drift_jax.files import RunExists, atomic_folder
+
+    out = tmp_path / "run"
+    with pytest.raises(RunExists, match="--overwrite"), atomic_folder(out) as late:
+        _finished(late, "late")
+        with atomic_folder(out) as early:  # another command, finishing first
+            _finished(early, "early")
+    assert (out / "report.json").read_text() == "early"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left
+    with atomic_folder(out, overwrite=True) as asked:
+        _finished(asked, "asked")
+    assert (out / "report.json").read_text() == "asked"
+
+
+def test_the_exchange_puts_back_a_run_finished_between_check_and_swap(tmp_path, monkeypatch):
+    """The target held a folder that was no finished run when the swap looked, and became one
+    before the exchange: the exchange is undone."""
+    from drift_jax import files
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a killed run's leftovers: may be replaced
+    looks = []
+
+    def finished_after_the_first_look(path):
+        looks.append(path)
+        if len(looks) == 1:
+            _finished(out, "other")  # another command finishes right after the check
+            return False
+        return (path / "report.json").exists()
+
+    monkeypatch.setattr(files, "is_finished", finished_after_the_first_look)
+    with pytest.raises(files.RunExists), files.atomic_folder(out) as tmp:
+        _finished(tmp, "mine")
+    assert (out / "report.json").read_text() == "other"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+@pytest.mark.slow
+def test_two_detects_started_together_on_one_new_out_keep_the_first(tmp_path):
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "detect", *SMALL_DETECT,
+                               "--seed", str(seed), "--out", str(out)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    winner = [rc for rc, _ in results].index(0)
+    lines = results[1 - winner][1].strip().splitlines()
+    assert len(lines) == 1 and "finished run" in lines[0], lines
+    assert json.loads((out / "report.json").read_text())["config"]["seed"] == winner
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# The cases of sections 9 onwards in docs/BAD_INPUT.md, each pinned by a test of its section.
+DOCUMENTED = ["out-aliases-input", "out-symlink-loop", "report-overwrite", "concurrent-out"]
+
+
+def test_the_new_cases_are_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "BAD_INPUT.md").read_text()
+    assert [c for c in DOCUMENTED if f"| `{c}` |" not in doc] == []
+
+
+# ----------------------------------------------------------------------------- 10. sweeps
+
+
+DOCUMENTED += ["sweep-second-grid", "sweep-leftovers"]
+
+
+def test_a_second_grid_adds_to_the_sweep_listing(tmp_path, capsys):
+    from drift_jax import config as config_lib
+    from drift_jax import sweep
+    from drift_jax.detect import DetectConfig
+
+    out = tmp_path / "sw"
+    first, second = (sweep.SweepConfig(DetectConfig(), {"seed": s}) for s in ([0, 1], [2]))
+    ids = {}
+    for cfg in (first, second):  # every point finished already: the sweeps only list them
+        for point in sweep.points(cfg):
+            ids[sweep.run_id(point)] = config_lib.to_dict(point)
+            (out / "runs" / sweep.run_id(point)).mkdir(parents=True)
+            _finished(out / "runs" / sweep.run_id(point), "{}")
+    # the listing as sweeps wrote it before it kept several
+    first_ids = {sweep.run_id(p): config_lib.to_dict(p) for p in sweep.points(first)}
+    (out / "sweep.json").write_text(json.dumps({"sweep": config_lib.to_dict(first),
+                                                "runs": first_ids}))
+    assert cli.main(["sweep", "--grid", "seed=2", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["sweep", "--grid", "seed=0,1", "--out", str(out), "--quiet"]) == 0
+    listing = json.loads((out / "sweep.json").read_text())
+    as_json = json.loads(json.dumps({"sweeps": [config_lib.to_dict(first),
+                                                config_lib.to_dict(second)], "runs": ids}))
+    assert listing == as_json and len(ids) == 3
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_removes_what_a_killed_one_left_unless_another_is_at_work(tmp_path):
+    import fcntl
+
+    out = tmp_path / "sw"
+    argv = ["sweep", "--grid", "seed=0", *SMALL_DETECT[2:], "--set",
+            'base="synthetic?n=400&classes=4&size=8"', "--out", str(out)]
+    assert _cli(argv, env={faults.FAULT_ENV: "files.folder_written"})[0] == -signal.SIGKILL
+    (leftover,) = (out / "runs").glob(".*.tmp-*")
+    holder = os.open(out / ".sweep.lock", os.O_RDWR)  # another sweep at work in the folder
+    try:
+        fcntl.lockf(holder, fcntl.LOCK_SH, 1, 1)
+        assert _cli(argv)[0] == 0
+        assert leftover.exists()  # it may be the other sweep's folder in progress
+    finally:
+        os.close(holder)
+    assert _cli(argv)[0] == 0  # alone now: what a killed sweep left is removed
+    assert not leftover.exists()
+    assert [p.name for p in (out / "runs").iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------- 11. signals
+
+
+DOCUMENTED += ["sigterm", "ctrl-c-decoder", "never-rejects"]
+
+
+def test_sigterm_while_writing_exits_143_and_leaves_no_temporary_folder(tmp_path):
+    rc, err = _cli([*TRAIN, "--out", str(tmp_path / "w" / "run")],
+                   env={faults.FAULT_ENV: "files.folder_written:term"})
+    assert rc == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "terminated (SIGTERM)" in lines[0], lines
+    assert not (tmp_path / "w").exists()  # nor the hidden temporary folder, nor its parent
+
+
+def _children(pid):
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += f.read().split()
+    return kids
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not os.path.exists("/proc/self/task"),
+                    reason="the decoder starts worker processes on 2 or more cores (Linux /proc)")
+def test_ctrl_c_while_the_folder_decoder_works_prints_one_line(tmp_path):
+    for c in "ab":  # over 256 images: decoded by worker processes
+        (tmp_path / "images" / "train" / c).mkdir(parents=True)
+        for i in range(200):
+            (tmp_path / "images" / "train" / c / f"{i}.png").write_bytes(_png(value=i))
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches every process
+    proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "data", "info",
+                             f"folder:{tmp_path / 'images'}?cache=0"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while len(_children(proc.pid)) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # the resource tracker and two workers
+    assert proc.poll() is None, "decoded before the workers could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], err[-3000:]
+
+
+@pytest.mark.parametrize("argv, alpha, warned", [
+    (["--set", "controls=1"], "0.05", "controls >= 19 (or alpha >= 0.5)"),
+    (["--set", "controls=3", "--set", "alpha=0.1"], "0.1", "controls >= 9 (or alpha >= 0.25)"),
+    (["--set", "controls=19"], "0.05", None),
+    (["--set", "controls=0"], "0.05", None),  # no calibrated test: the seed rule decides
+])
+def test_a_run_that_can_never_reject_warns_before_training(argv, alpha, warned, tmp_path,
+                                                           capsys, monkeypatch):
+    from drift_jax.detect import pipeline
+
+    def stop(*args, **kwargs):
+        raise DriftJaxError("stopped where training begins")
+
+    monkeypatch.setattr(pipeline, "train_models", stop)
+    assert cli.main(["detect", "--quiet", "--base", "synthetic?n=400&classes=4&size=8", *argv,
+                     "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "drift-jax: error: stopped where training begins"
+    if warned is None:
+        assert len(err) == 1, err
+    else:
+        assert len(err) == 2 and err[0].startswith("drift-jax: warning: with ") and \
+            warned in err[0] and f"alpha {alpha}," in err[0], err
+
+
+def test_a_refused_run_prints_its_error_alone_without_the_warning(tmp_path, capsys):
+    """The warning comes once every check has passed: a run refused by one prints one line."""
+    assert cli.main(["detect", "--quiet", "--base", "synthetic?n=12&classes=4&size=8", "--set",
+                     "controls=1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few to give split" in err[0], err
+
+
+# ----------------------------------------------------------------------------- 12. a real disk
+
+
+DOCUMENTED += ["orbax-full-disk"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 128 KiB tmpfs (root only): a checkpoint of the models below does not fit on it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["train", "--data", "synthetic?n=120&classes=3&size=8", "--models", "2", "--epochs", "1",
+      "--quiet"], "checkpoint"),
+    pytest.param(["detect", *SMALL_DETECT], "models", marks=pytest.mark.slow),
+])
+def test_a_full_disk_inside_orbax_is_one_line_naming_the_path(small_disk, argv, written):
+    out = small_disk / "w" / "run"
+    rc, err = _cli([*argv, "--out", str(out)])
+    _one_line_error(rc, err, "no space left on device", f"{out / written}", "free some space")
+    assert list(small_disk.iterdir()) == []  # nothing half-written, not even the parent

@@ -13,11 +13,12 @@ from drift_jax.data.sources import (
                                     idx,
                                     load,
                                     local_copy,
+                                    spec_paths,
                                     synthetic,
                                     tfds,
 )
 from drift_jax.data.splits import Split, base_production_holdout, stratified_split
 
 __all__ = ["DATA_DIR_ENV", "LOCAL_COPIES", "Dataset", "Split", "base_production_holdout", "digits",
-           "folder", "from_float_images", "idx", "load", "local_copy", "stratified_split",
-           "synthetic", "tfds"]
+           "folder", "from_float_images", "idx", "load", "local_copy", "spec_paths",
+           "stratified_split", "synthetic", "tfds"]

@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import tarfile
 import zipfile
@@ -236,6 +237,31 @@ def _decode(item: tuple[str, bytes]) -> np.ndarray:
 
 def _decode_chunk(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
     return [_decode(item) for item in items]
+
+
+# Ctrl-C in a terminal (and a scheduler's SIGTERM to a whole job) reaches every process of the
+# group; only the process that started the workers should answer it.
+_PARENT_ONLY_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _decode_in_workers(chunks: list[list], workers: int) -> list[np.ndarray]:
+    """Decodes ``chunks`` on ``workers`` processes, which start with Ctrl-C and SIGTERM blocked
+    (the mask is inherited through fork and exec; the standard library starts its resource
+    tracker so) and so never print a traceback of their own: this process handles the signal,
+    the queued chunks are cancelled and the workers end after their current chunk. A signal
+    that arrives while the workers are started waits, pending, and is not lost."""
+    # spawn, not fork: the caller may already run JAX's threads, which fork would deadlock.
+    pool = concurrent.futures.ProcessPoolExecutor(workers,
+                                                  mp_context=multiprocessing.get_context("spawn"))
+    try:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_ONLY_SIGNALS)
+        try:
+            futures = [pool.submit(_decode_chunk, chunk) for chunk in chunks]  # starts workers
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return [image for future in futures for image in future.result()]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_member_name(archive: Path, member: tarfile.TarInfo) -> None:
@@ -452,10 +478,7 @@ def folder(path: str | os.PathLike, split: str | None = "train", workers: int | 
     chunk = max(1, len(payload) // (workers * 8))
     chunks = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
     if workers > 1 and len(payload) > 256:
-        # spawn, not fork: the caller may already run JAX's threads, which fork would deadlock.
-        spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            decoded = [im for part in pool.map(_decode_chunk, chunks) for im in part]
+        decoded = _decode_in_workers(chunks, workers)
     else:
         decoded = _decode_chunk(payload)
     _check_one_shape(path, payload, decoded)
@@ -639,6 +662,25 @@ def _option_value(spec: str, key: str, value: str, kind: type):
     except ValueError as e:
         raise DriftJaxError(f"data spec {spec!r}: option {key}={value!r} is not a valid "
                             f"{kind.__name__}.") from e
+
+
+def spec_paths(spec: str) -> list[str]:
+    """The files and folders a spec reads (the folder or archive of ``idx:`` and ``folder:``, a
+    ``tfds:`` spec's ``data_dir`` or local copy), so that no output is written over or into
+    them; none for the embedded and generated data. Reads nothing."""
+    if not isinstance(spec, str):
+        return []
+    head, _, query = spec.partition("?")
+    kind, _, arg = head.partition(":")
+    if kind in ("idx", "folder") and arg:
+        return [arg]
+    if kind != "tfds" or not arg:
+        return []
+    given = [value for key, _, value in (pair.partition("=") for pair in query.split("&"))
+             if key == "data_dir" and value]
+    name, _, split = arg.partition(":")
+    copy = local_copy(name, split or "train") if not given else None
+    return given + ([str(copy)] if copy is not None else [])
 
 
 def load(spec: str) -> Dataset:

@@ -13,6 +13,9 @@ production gray) and the original protocol's seed rule.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import jax
 import numpy as np
 
@@ -29,6 +32,20 @@ from drift_jax.detect.diagnostics import null_checks
 from drift_jax.detect.localise import class_tests
 from drift_jax.detect.results import AttackResult, ClassMeans, PerClass, SeedRule, TestResult
 from drift_jax.detect.statistics import GrayScores
+from drift_jax.errors import DriftJaxWarning
+
+
+def warn_if_never_rejecting(config: DetectConfig) -> None:
+    """The calibrated p-value is at least 1/(M + 1) with M control models: with fewer than
+    1/alpha - 1 of them the run cannot report drift whatever the data, which its user should
+    hear before anything is trained (a `DriftJaxWarning`; the run goes on)."""
+    smallest = 1 / (config.controls + 1)
+    if config.controls and smallest > config.alpha:
+        need = math.ceil(1 / config.alpha - 1 - 1e-9)  # 1/0.05 - 1 is 19 up to rounding
+        warnings.warn(DriftJaxWarning(
+            f"with {config.controls} control model(s) the smallest p-value is {smallest:.3g}, "
+            f"above alpha {config.alpha}, so this run can never report drift; use controls >= "
+            f"{need} (or alpha >= {smallest:.3g})."), stacklevel=2)
 
 
 def combined_scores(class_statistics: dict, combinations) -> dict:

@@ -32,7 +32,7 @@ from drift_jax.detect.config import (
     recorded_statistics,
     training_key,
 )
-from drift_jax.detect.decision import score_attack
+from drift_jax.detect.decision import score_attack, warn_if_never_rejecting
 from drift_jax.detect.fit import invert_models, train_models
 from drift_jax.detect.plan import SeedPlan, StackedData, attack_rows, plan_seed, with_holdout
 from drift_jax.detect.results import Accuracy, DriftReport, Localisation, Partner
@@ -82,6 +82,7 @@ def detect_drift_seeds(config: DetectConfig, seeds, base: Dataset | None = None,
         if config.production_model:  # checked before any training
             production_model = load_production_model(config.production_model, spec)
         data = StackedData.build(pool, plans)
+    warn_if_never_rejecting(config)  # every check passed: the run is about to train
     with clock("train"):
         key = cache_key(config, seeds) if cache is not None else None
         trained = cache.get(key) if cache is not None else None
