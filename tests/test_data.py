@@ -270,6 +270,7 @@ def test_idx_files_with_no_images_are_named(tmp_path):
         data.load(f"idx:{tmp_path}")
 
 
+@pytest.mark.slow
 def test_folder_real_cifar10_test_split():
     ds = data.load(f"folder:{require_local_copy('cifar10', 'test')}?split=test")
     assert ds.images.shape == (10000, 32, 32, 3)

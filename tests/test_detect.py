@@ -22,6 +22,7 @@ from drift_jax.errors import DriftJaxError
 
 
 @pytest.mark.parametrize("scenario, drift", [("label_swap", True), ("none", False)])
+@pytest.mark.slow
 def test_digits_default_pipeline_flags_a_swap_and_not_none(scenario, drift):
     report = detect_drift(DetectConfig(scenario=scenario), progress=False)
     assert report.is_drift is drift
@@ -45,6 +46,7 @@ SMALL = ["controls=3", "train.epochs=2", "inversion.samples_per_class=2",
          'attacks=["rule_based"]']
 
 
+@pytest.mark.slow
 def test_cli_detect_writes_a_readable_run(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["detect", "--base", "synthetic?n=400&classes=4&size=8", "--scenario", "relabel",
@@ -184,6 +186,7 @@ def _detect_in_a_fresh_process(out, env) -> dict:
     return json.loads((out / "report.json").read_text())["timings"]["compiles"]
 
 
+@pytest.mark.slow
 def test_the_persistent_cache_lets_a_second_process_load_instead_of_compile(tmp_path):
     """A fresh process with the cache warm builds every program from the cache; with the
     cache switched off it compiles them all, and writes no cache."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = Path(__file__).parent / "workers" / "distributed_train.py"
 
@@ -31,6 +32,7 @@ def _finish(proc) -> None:
     assert proc.returncode == 0, out[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_over_loopback_match_one_process(tmp_path):
     port = _free_port()
     procs = [_start(tmp_path / f"rank{i}.npz", i, 2, port, 2) for i in range(2)]

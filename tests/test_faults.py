@@ -51,6 +51,7 @@ def _leaves_equal(a, b) -> None:
 
 
 @pytest.mark.parametrize("point", ["save_stack.state_written", "train.checkpoint_saved"])
+@pytest.mark.slow
 def test_training_killed_then_rerun_ends_as_an_uninterrupted_run(tmp_path, point):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run([*TRAIN, "--out", str(whole)])
@@ -64,6 +65,7 @@ def test_training_killed_then_rerun_ends_as_an_uninterrupted_run(tmp_path, point
     assert metrics[0]["holdout_accuracy"] == metrics[1]["holdout_accuracy"]
 
 
+@pytest.mark.slow
 def test_inversion_killed_then_rerun_ends_as_an_uninterrupted_run(tmp_path):
     _run([*TRAIN[:4], "1", "--epochs", "1", "--quiet", "--out", str(tmp_path / "model")])
     invert = ["invert", "--checkpoint", str(tmp_path / "model" / "checkpoint"), "--samples",
@@ -91,6 +93,7 @@ stack.save_stack(sys.argv[1], spec, v, {"seed": int(sys.argv[2])})
 
 @pytest.mark.parametrize("point, survivor", [("save_stack.state_written", 0),
                                              ("save_stack.metadata_written", 1)])
+@pytest.mark.slow
 def test_overwriting_a_checkpoint_killed_midway_leaves_one_whole_checkpoint(tmp_path, point,
                                                                             survivor):
     """Saving over a checkpoint: killed before the new stack.json, the old one loads whole;
@@ -114,6 +117,7 @@ def _report(folder) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_detect_twice_identical_and_one_vs_four_devices_within_tolerance(tmp_path):
     for name, devices in (("a", 1), ("b", 1), ("four", 4)):
         _run([*DETECT, "--out", str(tmp_path / name)],

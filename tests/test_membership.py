@@ -60,12 +60,14 @@ def test_black_box_beats_chance_on_fresh_members(overfit):
     assert _auc(attack, ds, members[500:], nonmembers[500:]) > 0.6
 
 
+@pytest.mark.slow
 def test_shadow_attack_beats_chance(overfit, shadows):
     ds, _, _, members, nonmembers, _ = overfit
     attack = membership.ShadowModels().fit(_context(overfit, shadows))
     assert _auc(attack, ds, members, nonmembers) > 0.6
 
 
+@pytest.mark.slow
 def test_per_class_shadow_attack_models_route_each_class_to_its_own_model(overfit, shadows):
     ds, *_ = overfit
     attack = membership.ShadowModels(per_class=True).fit(_context(overfit, shadows))
@@ -87,6 +89,7 @@ def test_a_learned_attack_needs_its_shadows(overfit):
         membership.BlackBox().score(overfit[0].images[:2], overfit[0].labels[:2])
 
 
+@pytest.mark.slow
 def test_lira_separates_members_online_offline_and_through_score(overfit):
     ds, spec, target, members, nonmembers, _ = overfit
     pool = np.concatenate([members[:300], nonmembers[:300]])
@@ -105,6 +108,7 @@ def test_lira_separates_members_online_offline_and_through_score(overfit):
     assert membership.attack_metrics(scores.probability, truth)["auc"] > 0.6
 
 
+@pytest.mark.slow
 def test_attacks_on_a_stack_of_targets_equal_each_target_alone(overfit):
     """T targets at once (the seeds of a run) give each target the scores it gets alone."""
     ds, spec, target, members, nonmembers, pool = overfit

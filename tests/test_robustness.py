@@ -58,6 +58,7 @@ def _tree(folder):
 # ----------------------------------------------------------------------------- 1. data loss
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_refused_without_overwrite(tmp_path):
     out = tmp_path / "run"
     assert _cli([*TRAIN, "--out", str(out)])[0] == 0
@@ -69,6 +70,7 @@ def test_a_finished_run_is_refused_without_overwrite(tmp_path):
 
 @pytest.mark.parametrize("point", ["save_stack.state_written:raise",
                                    "train.checkpoint_saved:raise", "files.folder_written:raise"])
+@pytest.mark.slow
 def test_a_failed_overwrite_keeps_the_finished_run_whole(tmp_path, point):
     """Overwriting a finished run when the save fails (a full disk, injected at a fixed point):
     the old run is intact and loads, nothing else is left beside it, and one line says why."""
@@ -85,6 +87,7 @@ def test_a_failed_overwrite_keeps_the_finished_run_whole(tmp_path, point):
                  "--iterations", "2", "--quiet", "--out", str(tmp_path / "inv")])[0] == 0
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_finished_run(tmp_path):
     out = tmp_path / "w" / "run"
     assert _cli([*TRAIN, "--out", str(out)])[0] == 0
@@ -98,6 +101,7 @@ def test_overwrite_replaces_a_finished_run(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["train", "invert", "detect", "mitigate"])
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_folder(tmp_path, command):
     detect = ["detect", "--base", "synthetic?n=200&classes=4&size=8", "--quiet",
               "--set", "controls=2", "--set", "alpha=0.5", "--set", "train.epochs=1",
@@ -144,6 +148,7 @@ def test_bad_numbers_are_refused_at_parse_time(argv, fragments, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_output_paths_are_refused_before_any_work(tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -392,6 +397,7 @@ def test_a_cache_variable_pointing_at_a_file_is_named(tmp_path):
 # ----------------------------------------------------------------------------- 6. zero is zero
 
 
+@pytest.mark.slow
 def test_zero_means_zero(tmp_path):
     assert _cli([*TRAIN, "--out", str(tmp_path / "model")])[0] == 0
     ckpt = str(tmp_path / "model" / "checkpoint")
@@ -444,7 +450,6 @@ def test_a_ctrl_c_that_lands_in_a_gc_callback_is_not_lost():
     # Python's own Ctrl-C handler (a suite started in the background inherits SIGINT ignored)
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     gc.callbacks.append(interrupt)
-    start = time.time()
     try:
         with pytest.raises(KeyboardInterrupt), cli.interrupts_not_swallowed():
             gc.collect()
@@ -452,11 +457,11 @@ def test_a_ctrl_c_that_lands_in_a_gc_callback_is_not_lost():
     finally:
         gc.callbacks.remove(interrupt)
         signal.signal(signal.SIGINT, handler)
-    assert time.time() - start < 30
 
 
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                    (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_print_one_line_and_write_nothing(tmp_path, signum, status, word):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "train", "--data", "digits",

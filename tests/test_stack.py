@@ -45,6 +45,7 @@ def test_seedcnn_learns_digits():
     assert ev["accuracy"][0] >= 0.95
 
 
+@pytest.mark.slow
 def test_one_compile_per_run_whatever_the_length(tiny):
     ds, spec = tiny
     def fresh():
@@ -74,6 +75,7 @@ def test_same_seed_bitwise_identical(tiny):
     assert not np.array_equal(jax.tree.leaves(a.variables)[0], jax.tree.leaves(c.variables)[0])
 
 
+@pytest.mark.slow
 def test_strategies_compute_the_same_training(tiny):
     ds, spec = tiny
     ref = _train(ds, spec, member_mode="map", scan_chunk=1, conv_form="autodiff", pool_form="flax")
@@ -159,6 +161,7 @@ def test_checkpoint_round_trip_and_wrong_architecture(tiny, tmp_path):
         stack.load_stack(tmp_path)
 
 
+@pytest.mark.slow
 def test_resnet_stack_trains_with_batch_norm(tiny):
     ds, _ = tiny
     spec = ModelSpec("resnet", ds.num_classes, ds.image_shape)
@@ -187,6 +190,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_one_and_four_virtual_devices_agree():
     single = json.loads(run_python(MULTI_DEVICE).splitlines()[-1])
     multi = json.loads(run_python(MULTI_DEVICE, {

@@ -31,6 +31,7 @@ def test_calibrated_p_value_bounds_and_monotonicity(control, a, b):
 
 @settings(max_examples=50)
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=20))
+@pytest.mark.slow
 def test_corrections_match_independent_implementations(p):
     p = np.array(p)
     np.testing.assert_allclose(stats.holm(p), multipletests(p, method="holm")[1], atol=1e-12)
@@ -93,6 +94,7 @@ def _simulated_p_value(rng, stat: str, combine: str, shifts: dict) -> float:
 
 @pytest.mark.parametrize("combine", ["largest_deficit", "two_largest_deficits"])
 @pytest.mark.parametrize("stat", ["mean", "logit_mean", "auc", "ks"])
+@pytest.mark.slow
 def test_distribution_statistics_stay_calibrated_and_find_a_one_class_change(stat, combine):
     """With no drift the production model is one more control and the rank p-value of a
     leave-one-out standardised combination is exact: its false-positive rate at 0.05 is 0.05. A

@@ -41,6 +41,7 @@ def _cli(*args):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_path):
     config = _sweep_file(tmp_path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
