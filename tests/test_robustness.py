@@ -490,11 +490,11 @@ def test_ctrl_c_and_sigterm_print_one_line_and_write_nothing(tmp_path, signum, s
 # ----------------------------------------------------------------------------- 9. aliasing
 
 
-SMALL_DETECT = ["--base", "synthetic?n=400&classes=4&size=8", "--quiet", "--set", "controls=3",
-                "--set", "alpha=0.25", "--set", "train.epochs=2",
-                "--set", "inversion.samples_per_class=2", "--set", "inversion.miface.max_iter=20",
-                "--set", "permutations=50", "--set", "attack_fit_size=100",
-                "--set", 'attacks=["rule_based"]']
+SMALL_DETECT_ARGS = ["--base", "synthetic?n=400&classes=4&size=8", "--quiet", "--set",
+                     "controls=3", "--set", "alpha=0.25", "--set", "train.epochs=2", "--set",
+                     "inversion.samples_per_class=2", "--set", "inversion.miface.max_iter=20",
+                     "--set", "permutations=50", "--set", "attack_fit_size=100", "--set",
+                     'attacks=["rule_based"]']
 
 
 @pytest.fixture(scope="module")
@@ -567,7 +567,8 @@ def _finished_run(folder):
     from drift_jax.detect import DetectConfig, detect_drift
     from drift_jax.report import write_report
 
-    overrides = [item for flag, item in zip(SMALL_DETECT, SMALL_DETECT[1:]) if flag == "--set"]
+    overrides = [item for flag, item in zip(SMALL_DETECT_ARGS, SMALL_DETECT_ARGS[1:])
+                 if flag == "--set"]
     cfg = with_overrides(DetectConfig(), [*overrides, 'base="synthetic?n=400&classes=4&size=8"'])
     return write_report(detect_drift(cfg, progress=False), folder)
 
@@ -638,7 +639,7 @@ def test_the_exchange_puts_back_a_run_finished_between_check_and_swap(tmp_path, 
 @pytest.mark.slow
 def test_two_detects_started_together_on_one_new_out_keep_the_first(tmp_path):
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "detect", *SMALL_DETECT,
+    procs = [subprocess.Popen([sys.executable, "-m", "drift_jax.cli", "detect", *SMALL_DETECT_ARGS,
                                "--seed", str(seed), "--out", str(out)], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
@@ -697,7 +698,7 @@ def test_a_resumed_sweep_removes_what_a_killed_one_left_unless_another_is_at_wor
     import fcntl
 
     out = tmp_path / "sw"
-    argv = ["sweep", "--grid", "seed=0", *SMALL_DETECT[2:], "--set",
+    argv = ["sweep", "--grid", "seed=0", *SMALL_DETECT_ARGS[2:], "--set",
             'base="synthetic?n=400&classes=4&size=8"', "--out", str(out)]
     assert _cli(argv, env={faults.FAULT_ENV: "files.folder_written"})[0] == -signal.SIGKILL
     (leftover,) = (out / "runs").glob(".*.tmp-*")
@@ -816,7 +817,7 @@ def small_disk(tmp_path):
 @pytest.mark.parametrize("argv, written", [
     (["train", "--data", "synthetic?n=120&classes=3&size=8", "--models", "2", "--epochs", "1",
       "--quiet"], "checkpoint"),
-    pytest.param(["detect", *SMALL_DETECT], "models", marks=pytest.mark.slow),
+    pytest.param(["detect", *SMALL_DETECT_ARGS], "models", marks=pytest.mark.slow),
 ])
 def test_a_full_disk_inside_orbax_is_one_line_naming_the_path(small_disk, argv, written):
     out = small_disk / "w" / "run"
