@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from drift_jax import stats as stats_lib
+from drift_jax.detect.localise import on_test_scale
 from drift_jax.detect.results import NullCheck
 
 CHECK_LEVEL = 0.05  # at or below it a run warns
@@ -34,9 +35,7 @@ def spreads(class_statistics: dict, names) -> np.ndarray:
     on the logit scale, as localisation takes it."""
     z = []
     for name in names:
-        v = class_statistics[name]
-        if name == "mean":
-            v = stats_lib.clipped_logit(v, clip=1e-4)
+        v = on_test_scale(class_statistics, name)
         models = np.arange(1, v.shape[1])
         z.append(np.abs(stats_lib.standardised_deficits(v, models)[:, 1:]))  # [S, G - 1, C]
     per_class = np.sort(np.mean(z, 0), -1)  # mean over statistics, classes ascending

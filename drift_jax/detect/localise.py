@@ -33,6 +33,14 @@ class ClassTests:
     corrected: np.ndarray
 
 
+def on_test_scale(class_statistics: dict, name: str) -> np.ndarray:
+    """Statistic ``name`` [S, models, C] on the scale the per-class tests read: the mean score
+    (a probability) as a clipped logit, since a class mean near its ceiling of 1 has a long
+    lower tail across models that a t interval would read as drift; the others as they are."""
+    v = class_statistics[name]
+    return stats_lib.clipped_logit(v, clip=1e-4) if name == "mean" else v
+
+
 def class_p_values(class_statistics: dict, names, controls: np.ndarray,
                    correction: str = "holm") -> tuple[np.ndarray, np.ndarray]:
     """One-sided p-values [S, statistics, C] that the production model's (model 1) class
@@ -43,9 +51,7 @@ def class_p_values(class_statistics: dict, names, controls: np.ndarray,
     would read as drift; the model statistics are mean logits already."""
     by_statistic = []
     for name in names:
-        v = class_statistics[name]
-        if name == "mean":
-            v = stats_lib.clipped_logit(v, clip=1e-4)
+        v = on_test_scale(class_statistics, name)
         by_statistic.append(stats_lib.prediction_p_value(v[:, controls].transpose(1, 0, 2),
                                                          v[:, 1]))
     by_statistic = np.stack(by_statistic, 1)
